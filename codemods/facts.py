@@ -1,0 +1,826 @@
+"""What a notebook does, in the order its cells run: computed once, read by every rule and codemod.
+
+The notebook process runs the top-level statements in cell order. A fork-based launch point
+(`fabric.launch`, `trainer.fit/validate/test/predict`, Accelerate's `notebook_launcher`, or a call
+of a notebook function that reaches one) forks the training processes from that state. So the pass
+walks the top-level statements in order, tracks what each name holds (a Fabric, a Trainer, a CUDA
+device, a Dataset, a DataLoader ...), and records, per statement, what runs *now*: calls in
+decorators, defaults and class bodies run at definition time, function bodies only when called.
+
+Calls of notebook functions and classes are followed through a summary of their bodies (what they
+launch, which CUDA they touch, what they return), so `model = build()` with `.cuda()` inside
+`build` is found at the call that runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from codemods import names as N
+from nbrefactor.notebook.join import MARKER
+
+# ---------------------------------------------------------------------------------------------
+# What a name can hold
+
+
+@dataclass(frozen=True)
+class Value:
+    """What a name holds, as far as the notebook's text tells."""
+
+    kind: str  # module | fabric | trainer | cuda_device | dataset | dataloader | datamodule |
+    #            lightning_module | function | class | launched_fabric
+    qname: str | None = None  # modules and classes: the canonical qualified name
+    node: cst.CSTNode | None = None  # functions and classes: their definition; data: the building call
+
+
+DATA_KINDS = ("dataset", "dataloader")
+
+# torch.cuda functions that create a CUDA context (or, for get_arch_list, poison fork).
+CUDA_INITIALISING = {
+    "torch.cuda.set_device": "selects a CUDA device",
+    "torch.cuda.current_device": "queries the current CUDA device",
+    "torch.cuda.get_device_name": "queries the CUDA device",
+    "torch.cuda.get_device_properties": "queries the CUDA device",
+    "torch.cuda.get_device_capability": "queries the CUDA device",
+    "torch.cuda.is_bf16_supported": "queries the CUDA device",
+    "torch.cuda.synchronize": "synchronises the CUDA device",
+    "torch.cuda.mem_get_info": "queries CUDA memory",
+    "torch.cuda.memory_snapshot": "queries CUDA memory",
+    "torch.cuda.reset_peak_memory_stats": "resets CUDA memory statistics",
+    "torch.cuda.get_arch_list": "asks the CUDA runtime for its architectures",
+    "torch.cuda.init": "initialises CUDA",
+    "torch.cuda.ipc_collect": "collects CUDA IPC memory",
+    "torch.cuda.get_rng_state": "reads the CUDA RNG state",
+    "torch.cuda.get_rng_state_all": "reads the CUDA RNG state",
+    "torch.cuda.set_rng_state": "sets the CUDA RNG state",
+    "torch.cuda.set_rng_state_all": "sets the CUDA RNG state",
+    "torch.cuda.Stream": "creates a CUDA stream",
+    "torch.cuda.Event": "creates a CUDA event",
+    "lightning.fabric.accelerators.find_usable_cuda_devices": "allocates a tensor on every GPU",
+    "lightning.fabric.accelerators.cuda.find_usable_cuda_devices": "allocates a tensor on every GPU",
+    "lightning.pytorch.accelerators.find_usable_cuda_devices": "allocates a tensor on every GPU",
+    "lightning.fabric.utilities.seed.isolate_rng": "reads the CUDA RNG state",
+    "lightning.pytorch.utilities.seed.isolate_rng": "reads the CUDA RNG state",
+}
+CHECKPOINT_LOADERS = {"torch.load", "torch.jit.load"}
+FABRIC_TRAINING_METHODS = {
+    "setup", "setup_module", "setup_optimizers", "setup_dataloaders", "backward", "clip_gradients",
+    "all_reduce", "all_gather", "barrier", "broadcast", "to_device",
+}
+TRAINER_LAUNCH_METHODS = ("fit", "validate", "test", "predict")
+LAUNCH_DATA_KEYWORDS = ("train_dataloaders", "val_dataloaders", "dataloaders")
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass
+class LaunchPoint:
+    node: cst.Call  # the call that forks (at top level: the statement's own call)
+    kind: str  # "fabric.launch" | "trainer.fit" | ... | "notebook_launcher"
+    statement: int  # index of the top-level statement that runs it
+    via: str | None = None  # name of the notebook function called at top level that reaches it
+    function: str | None = None  # the launched notebook function (Fabric / notebook_launcher)
+    handed: frozenset[str] = frozenset()  # global names handed to training
+    inner: cst.Call | None = None  # the launch call inside `via`
+
+
+@dataclass
+class CudaUse:
+    node: cst.CSTNode  # the call (at top level) that initialises CUDA
+    reason: str
+    statement: int
+    via: str | None = None  # notebook function or class whose body does it
+    inner: cst.Call | None = None  # the call that does it (inside `via`, or `node` itself)
+
+
+@dataclass
+class DataBuild:
+    node: cst.Call
+    kind: str  # "dataset" | "dataloader"
+    statement: int
+    names: tuple[str, ...]
+    label: str  # what is built, for messages: "DataLoader", "MNIST", ...
+
+
+@dataclass
+class TrainingCall:
+    node: cst.Call
+    what: str
+    statement: int
+    via: str | None = None
+
+
+@dataclass
+class ConstructorCall:
+    """`Trainer(...)` / `Fabric(...)` / `DDPStrategy(...)` anywhere in the notebook's code."""
+
+    node: cst.Call
+    kind: str  # "trainer" | "fabric" | "ddp_strategy"
+
+
+@dataclass
+class Statement:
+    node: cst.CSTNode
+    index: int
+    cell: int  # index of the cell among all cells
+    defines: set[str] = field(default_factory=set)
+    uses: set[str] = field(default_factory=set)
+    calls: list[cst.Call] = field(default_factory=list)  # calls that run when the statement runs
+
+
+@dataclass
+class FunctionSummary:
+    """What calling a notebook function (or instantiating a notebook class) does."""
+
+    name: str
+    node: cst.CSTNode
+    params: tuple[str, ...] = ()
+    free_names: set[str] = field(default_factory=set)
+    calls: list[cst.Call] = field(default_factory=list)
+    env: dict[str, Value] = field(default_factory=dict)
+    returns: Value | None = None
+
+
+@dataclass
+class NotebookFacts:
+    module: cst.Module
+    statements: list[Statement]
+    env: dict[str, Value]  # the global names after the last cell
+    launches: list[LaunchPoint]
+    cuda: list[CudaUse]
+    cuda_probes: list[CudaUse]  # torch.cuda.is_available() calls, with the statement they run in
+    lightning_import: int | None  # first statement that imports Lightning (sets the NVML check)
+    data: list[DataBuild]
+    training: list[TrainingCall]  # Fabric training run in the notebook process
+    constructors: list[ConstructorCall]
+    start_methods: list[tuple[cst.Call, str]]
+    datamodule_setups: list[tuple[cst.Call, str, int]]  # (call, datamodule name, statement)
+    functions: dict[str, FunctionSummary]
+    uses_fabric: bool = False
+
+    @property
+    def last_launch(self) -> int | None:
+        return max((lp.statement for lp in self.launches), default=None)
+
+    def statement_cell(self, index: int) -> int:
+        return self.statements[index].cell
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking one statement
+
+
+class _RunsNow(cst.CSTVisitor):
+    """Collects the calls that run when a statement runs, and the names it reads and binds."""
+
+    def __init__(self) -> None:
+        self.calls: list[cst.Call] = []
+        self.loads: set[str] = set()
+        self.binds: set[str] = set()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        for d in node.decorators:
+            d.visit(self)
+        node.params.visit(self)
+        self.binds.add(node.name.value)
+        return False
+
+    def visit_Param(self, node: cst.Param) -> bool:
+        if node.default is not None:
+            node.default.visit(self)
+        if node.annotation is not None:
+            node.annotation.visit(self)
+        return False
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        self.binds.add(node.name.value)
+        return True
+
+    def visit_Lambda(self, node: cst.Lambda) -> bool:
+        node.params.visit(self)
+        return False
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.calls.append(node)
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.loads.add(node.value)
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        self.binds.update(N.import_bindings(node))
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        self.binds.update(N.import_bindings(node))
+        return False
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.binds.update(_target_names(node.target))
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        self.binds.update(_target_names(node.target))
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self.binds.update(_target_names(node.target))
+
+    def visit_For(self, node: cst.For) -> None:
+        self.binds.update(_target_names(node.target))
+
+    def visit_WithItem(self, node: cst.WithItem) -> None:
+        if node.asname is not None:
+            self.binds.update(_target_names(node.asname.name))
+
+
+class _Body(_RunsNow):
+    """Like `_RunsNow`, for a function body (nested function bodies still do not run)."""
+
+
+def _target_names(target: cst.CSTNode) -> set[str]:
+    if isinstance(target, cst.Name):
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        out: set[str] = set()
+        for el in target.elements:
+            out |= _target_names(el.value)
+        return out
+    if isinstance(target, cst.StarredElement):
+        return _target_names(target.value)
+    return set()
+
+
+def _assignments(node: cst.CSTNode):
+    """(targets, value) for each assignment a top-level statement makes (not in function bodies)."""
+    if isinstance(node, (cst.If, cst.With, cst.Try, cst.For, cst.While)):
+        yield from ((t, v) for t, v in _walk_assignments(node) if not isinstance(t, (cst.Import, cst.ImportFrom)))
+        return
+    if isinstance(node, cst.SimpleStatementLine):
+        for small in node.body:
+            if isinstance(small, cst.Assign):
+                for t in small.targets:
+                    yield t.target, small.value
+            elif isinstance(small, cst.AnnAssign) and small.value is not None:
+                yield small.target, small.value
+
+
+def _walk_assignments(body: cst.CSTNode):
+    """Every assignment inside a function body, in text order (not inside nested functions)."""
+    found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
+
+    class V(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return False
+
+        def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+            return False
+
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                found.append((t.target, node.value))
+
+        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+            if node.value is not None:
+                found.append((node.target, node.value))
+
+        def visit_Import(self, node: cst.Import) -> None:
+            found.append((node, node))
+
+        def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
+            found.append((node, node))
+
+    body.visit(V())
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+
+
+class _Analysis:
+    def __init__(self, module: cst.Module):
+        self.module = module
+        self.env: dict[str, Value] = {}
+        self.functions: dict[str, FunctionSummary] = {}
+        self._summaries: dict[int, FunctionSummary] = {}
+        self.facts = NotebookFacts(
+            module, [], self.env, [], [], [], None, [], [], [], [], [], self.functions
+        )
+        self._in_progress: set[int] = set()
+
+    # -- names -----------------------------------------------------------------------------
+
+    def qname(self, expr: cst.BaseExpression, env: dict[str, Value]) -> str | None:
+        if isinstance(expr, cst.Name):
+            v = env.get(expr.value)
+            return v.qname if v is not None and v.kind in ("module", "class") else None
+        if isinstance(expr, cst.Attribute):
+            head = self.qname(expr.value, env)
+            return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
+        return None
+
+    def value_of(self, expr: cst.BaseExpression, env: dict[str, Value]) -> Value | None:
+        if isinstance(expr, cst.Name):
+            return env.get(expr.value)
+        if isinstance(expr, cst.Call):
+            return self.call_result(expr, env)
+        if isinstance(expr, cst.IfExp):
+            a, b = self.value_of(expr.body, env), self.value_of(expr.orelse, env)
+            if self.is_cuda_device(expr.body, env) or self.is_cuda_device(expr.orelse, env):
+                return Value("cuda_device")
+            return a or b
+        if isinstance(expr, cst.Attribute):
+            q = self.qname(expr, env)
+            return Value("module", q) if q else None
+        return None
+
+    def class_kind(self, qname: str | None, env: dict[str, Value]) -> str | None:
+        if qname is None:
+            return None
+        if qname == N.FABRIC:
+            return "fabric"
+        if qname == N.TRAINER:
+            return "trainer"
+        if qname in N.DATALOADERS:
+            return "dataloader"
+        if qname in N.DATASET_FUNCTIONS or qname.startswith(N.DATASET_MODULE_PREFIXES):
+            return "dataset"
+        if qname in N.DDP_STRATEGIES:
+            return "ddp_strategy"
+        return None
+
+    def user_class_kind(self, node: cst.ClassDef, seen: frozenset = frozenset()) -> str | None:
+        for base in node.bases:
+            q = self.qname(base.value, self.env)
+            if q == N.LIGHTNING_MODULE:
+                return "lightning_module"
+            if q == N.DATA_MODULE:
+                return "datamodule"
+            if q in N.DATASET_BASES:
+                return "dataset"
+            if isinstance(base.value, cst.Name):
+                v = self.env.get(base.value.value)
+                if v is not None and v.kind == "class" and v.node is not None and id(v.node) not in seen:
+                    k = self.user_class_kind(v.node, seen | {id(node)})
+                    if k:
+                        return k
+        return None
+
+    def call_result(self, call: cst.Call, env: dict[str, Value]) -> Value | None:
+        func = call.func
+        q = self.qname(func, env)
+        kind = self.class_kind(q, env)
+        if kind:
+            return Value(kind, q, call)
+        if q == "torch.device":
+            return Value("cuda_device") if self.is_cuda_device(call, env) else None
+        if isinstance(func, cst.Name):
+            v = env.get(func.value)
+            if v is not None and v.kind == "class" and isinstance(v.node, cst.ClassDef):
+                k = self.user_class_kind(v.node)
+                return Value(k, None, call) if k else None
+            if v is not None and v.kind == "function":
+                summary = self.summary(v.node)
+                if summary.returns is not None and summary.returns.kind in DATA_KINDS:
+                    return Value(summary.returns.kind, None, call)
+        return None
+
+    def is_cuda_device(self, expr: cst.BaseExpression | None, env: dict[str, Value]) -> bool:
+        """Does this expression name a CUDA device ('cuda', 'cuda:0', torch.device('cuda'), a
+        variable holding one, or a conditional that may give one)?"""
+        if expr is None:
+            return False
+        s = N.string_value(expr)
+        if s is not None:
+            return s.startswith("cuda")
+        if isinstance(expr, cst.Name):
+            v = env.get(expr.value)
+            return v is not None and v.kind == "cuda_device"
+        if isinstance(expr, cst.IfExp):
+            return self.is_cuda_device(expr.body, env) or self.is_cuda_device(expr.orelse, env)
+        if isinstance(expr, cst.Call):
+            q = self.qname(expr.func, env)
+            if q == "torch.device":
+                first = N.call_arg(expr, "type", 0)
+                return first is not None and self.is_cuda_device(first.value, env)
+        if isinstance(expr, cst.Attribute):  # torch.device("cuda").type and the like: unknown
+            return False
+        return False
+
+    # -- CUDA --------------------------------------------------------------------------------
+
+    def cuda_reason(self, call: cst.Call, env: dict[str, Value]) -> str | None:
+        """Why this call initialises CUDA in the process that runs it, or None."""
+        func = call.func
+        q = self.qname(func, env)
+        if q in CUDA_INITIALISING:
+            return f"`{N.dotted(func)}()` {CUDA_INITIALISING[q]}"
+        if isinstance(func, cst.Attribute):
+            attr = func.attr.value
+            if attr == "cuda" and q is None:
+                return "`.cuda()` moves memory to the GPU"
+            if attr == "to" and q is None:
+                dev = N.call_arg(call, "device", 0)
+                if dev is not None and self.is_cuda_device(dev.value, env):
+                    return f"`.to({_short(dev.value)})` moves memory to the GPU"
+            if attr == "load_from_checkpoint" and N.call_arg(call, "map_location") is None:
+                return "`load_from_checkpoint()` without `map_location` restores GPU tensors"
+        if q in CHECKPOINT_LOADERS and N.call_arg(call, "map_location", 1) is None:
+            return f"`{N.dotted(func)}()` without `map_location` restores GPU tensors"
+        if q is not None and q.startswith("torch."):
+            dev = N.call_arg(call, "device")
+            if dev is not None and self.is_cuda_device(dev.value, env):
+                return f"`{N.dotted(func)}(..., device={_short(dev.value)})` allocates on the GPU"
+            if q in ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast"):
+                dtype = N.call_arg(call, "dtype")
+                dtype_name = N.dotted(dtype.value) if dtype is not None else None
+                device = N.call_arg(call, "device_type", 0)
+                on_cuda = q == "torch.cuda.amp.autocast" or (device is not None and self.is_cuda_device(device.value, env))
+                if on_cuda and dtype_name is not None and dtype_name.endswith("bfloat16"):
+                    return "bfloat16 autocast on CUDA checks the GPU for bf16 support"
+        return None
+
+    # -- summaries of notebook functions and classes -----------------------------------------
+
+    def summary(self, node: cst.CSTNode) -> FunctionSummary:
+        key = id(node)
+        if key in self._summaries:
+            return self._summaries[key]
+        if isinstance(node, cst.ClassDef):
+            init = next(
+                (s for s in node.body.body if isinstance(s, cst.FunctionDef) and s.name.value == "__init__"),
+                None,
+            )
+            summary = self.summary(init) if init is not None else FunctionSummary(node.name.value, node)
+            summary = FunctionSummary(node.name.value, node, summary.params, summary.free_names, summary.calls, summary.env)
+            self._summaries[key] = summary
+            return summary
+        assert isinstance(node, cst.FunctionDef)
+        params = tuple(p.name.value for p in (*node.params.params, *node.params.posonly_params, *node.params.kwonly_params))
+        if isinstance(node.params.star_arg, cst.Param):
+            params += (node.params.star_arg.name.value,)
+        if node.params.star_kwarg is not None:
+            params += (node.params.star_kwarg.name.value,)
+        scan = _Body()
+        node.body.visit(scan)
+        local: dict[str, Value] = dict(self.env)
+        for p in params:
+            local.pop(p, None)
+        summary = FunctionSummary(node.name.value, node, params, set(), scan.calls, local)
+        self._summaries[key] = summary
+        for target, value in _walk_assignments(node.body):
+            if isinstance(target, (cst.Import, cst.ImportFrom)):
+                for name, q in N.import_bindings(target).items():
+                    local[name] = Value("module", N.canonical(q))
+                continue
+            self.bind(target, value, local)
+        summary.free_names = scan.loads - scan.binds - set(params)
+        returns: list[Value] = []
+
+        class R(cst.CSTVisitor):
+            def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
+                return False
+
+            def visit_Return(self, n: cst.Return) -> None:
+                if n.value is not None:
+                    returns.append(outer.value_of(n.value, local))
+
+        outer = self
+        node.body.visit(R())
+        summary.returns = next((r for r in returns if r is not None), None)
+        return summary
+
+    def reached(self, call: cst.Call, env: dict[str, Value]) -> FunctionSummary | None:
+        """The summary of the notebook function or class a call runs, if it is one."""
+        if isinstance(call.func, cst.Name):
+            v = env.get(call.func.value)
+            if v is not None and v.kind in ("function", "class") and v.node is not None:
+                return self.summary(v.node)
+        return None
+
+    def effects(self, call: cst.Call, env: dict[str, Value], seen: frozenset[int] = frozenset()):
+        """Everything a call runs, followed into notebook functions: yields (inner call, env, via)."""
+        yield call, env, None
+        summary = self.reached(call, env)
+        if summary is None or id(summary.node) in seen:
+            return
+        seen = seen | {id(summary.node)}
+        for inner in summary.calls:
+            for c, e, via in self.effects(inner, summary.env, seen):
+                yield c, e, via or summary.name
+
+    # -- launch points -------------------------------------------------------------------------
+
+    def launch_kind(self, call: cst.Call, env: dict[str, Value]) -> str | None:
+        func = call.func
+        if isinstance(func, cst.Attribute):
+            owner = self.value_of(func.value, env)
+            owner_kind = owner.kind if owner is not None else None
+            attr = func.attr.value
+            if attr == "launch" and owner_kind == "fabric":
+                return "fabric.launch"
+            if attr in TRAINER_LAUNCH_METHODS and owner_kind == "trainer":
+                return f"trainer.{attr}"
+        if self.qname(func, env) == N.NOTEBOOK_LAUNCHER:
+            return "notebook_launcher"
+        return None
+
+    def bind(self, target: cst.CSTNode, value: cst.BaseExpression, env: dict[str, Value]) -> None:
+        names = _target_names(target)
+        v = self.value_of(value, env)
+        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "setup":
+            # `model, optimizer = fabric.setup(model, optimizer)`: no longer plain values.
+            v = None
+        for name in names:
+            if v is not None and (v.kind in ("module",) or len(names) == 1 or v.kind in DATA_KINDS):
+                env[name] = v
+            else:
+                env.pop(name, None)
+
+    def run(self) -> NotebookFacts:
+        facts = self.facts
+        cell = -1
+        body = list(self.module.body)
+        # The first code cell's marker sits in the module header.
+        for line in self.module.header:
+            if line.comment is not None and (m := MARKER.match(line.comment.value)):
+                cell = int(m.group(1))
+        for index, node in enumerate(body):
+            for line in getattr(node, "leading_lines", ()):
+                if line.comment is not None and (m := MARKER.match(line.comment.value)):
+                    cell = int(m.group(1))
+            scan = _RunsNow()
+            node.visit(scan)
+            st = Statement(node, index, cell, scan.binds, scan.loads, scan.calls)
+            facts.statements.append(st)
+            self.statement(st)
+        facts.uses_fabric = any(v.kind == "fabric" for v in self.env.values()) or any(
+            c.kind == "fabric" for c in facts.constructors
+        )
+        self.handoffs()
+        return facts
+
+    def statement(self, st: Statement) -> None:
+        facts, env, node = self.facts, self.env, st.node
+        # Imports first, so names resolve in the statement that binds them (also imports inside a
+        # top-level `try:` or `if`, the usual "install if missing" cell).
+        imports = [t for t, _ in _walk_assignments(node) if isinstance(t, (cst.Import, cst.ImportFrom))] if not isinstance(node, (cst.FunctionDef, cst.ClassDef)) else []
+        for imp in imports:
+            for name, q in N.import_bindings(imp).items():
+                env[name] = Value("module", N.canonical(q))
+                if facts.lightning_import is None and N.is_lightning(q):
+                    facts.lightning_import = st.index
+        if isinstance(node, cst.SimpleStatementLine):
+            for small in node.body:
+                if isinstance(small, cst.Assign) and facts.lightning_import is None:
+                    for t in small.targets:
+                        if isinstance(t.target, cst.Subscript) and "PYTORCH_NVML_BASED_CUDA_CHECK" in self.module.code_for_node(t.target):
+                            facts.lightning_import = st.index
+        for call in st.calls:
+            self.one_call(call, st, env)
+        if isinstance(node, cst.FunctionDef):
+            env[node.name.value] = Value("function", None, node)
+            self.functions[node.name.value] = self.summary(node)
+            self.constructors_in(self.functions[node.name.value])
+        elif isinstance(node, cst.ClassDef):
+            env[node.name.value] = Value("class", None, node)
+            for s in node.body.body:
+                if isinstance(s, cst.FunctionDef):
+                    self.constructors_in(self.summary(s))
+        for target, value in _assignments(node):
+            self.bind(target, value, env)
+            v = env.get(next(iter(_target_names(target)), ""), None)
+            if isinstance(value, cst.Call) and v is not None and v.kind in DATA_KINDS and v.node is value:
+                label = N.dotted(value.func) or "data"
+                bound = tuple(sorted(n for n in _target_names(target) if n != "_"))
+                facts.data.append(DataBuild(value, v.kind, st.index, bound, label.split(".")[-1]))
+
+    def one_call(self, call: cst.Call, st: Statement, env: dict[str, Value]) -> None:
+        facts = self.facts
+        kind = self.launch_kind(call, env)
+        if kind is not None:
+            facts.launches.append(self.launch_point(call, kind, st.index, env))
+        self.constructor(call, env)
+        q = self.qname(call.func, env)
+        if q in ("torch.multiprocessing.set_start_method", "multiprocessing.set_start_method"):
+            method = N.call_arg(call, "method", 0)
+            value = N.string_value(method.value) if method is not None else None
+            if value in ("spawn", "forkserver"):
+                facts.start_methods.append((call, value))
+        if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("setup", "prepare_data"):
+            owner = call.func.value
+            v = self.value_of(owner, env)
+            if v is not None and v.kind == "datamodule" and isinstance(owner, cst.Name):
+                facts.datamodule_setups.append((call, owner.value, st.index))
+        for inner, inner_env, via in self.effects(call, env):
+            if via is not None:
+                k = self.launch_kind(inner, inner_env)
+                if k is not None and kind is None:
+                    kind = "call"
+                    facts.launches.append(
+                        self.launch_point(call, k, st.index, env, via=via, inner=inner, inner_env=inner_env)
+                    )
+            reason = self.cuda_reason(inner, inner_env)
+            if reason is not None:
+                facts.cuda.append(CudaUse(call if via else inner, reason, st.index, via, inner))
+            iq = self.qname(inner.func, inner_env)
+            if iq == "torch.cuda.is_available":
+                facts.cuda_probes.append(CudaUse(call if via else inner, "`torch.cuda.is_available()`", st.index, via, inner))
+            if isinstance(inner.func, cst.Attribute) and inner.func.attr.value in FABRIC_TRAINING_METHODS:
+                owner = self.value_of(inner.func.value, inner_env)
+                if owner is not None and owner.kind == "fabric":
+                    facts.training.append(
+                        TrainingCall(call if via else inner, f"fabric.{inner.func.attr.value}", st.index, via)
+                    )
+
+    def launch_point(self, call, kind, index, env, via=None, inner=None, inner_env=None) -> LaunchPoint:
+        at, at_env = (inner, inner_env) if inner is not None else (call, env)
+        function = None
+        handed: set[str] = set()
+        if kind in ("fabric.launch", "notebook_launcher"):
+            fn = N.call_arg(at, "function", 0)
+            if fn is not None and isinstance(fn.value, cst.Name):
+                function = fn.value.value
+                v = at_env.get(function)
+                if v is not None and v.kind == "function":
+                    handed |= self.summary(v.node).free_names
+            args = N.call_arg(at, "args", 1)
+            if kind == "notebook_launcher" and args is not None:
+                handed |= _names_in(args.value)
+            if kind == "fabric.launch":
+                for a in at.args[1:]:
+                    handed |= _names_in(a.value)
+        elif kind.startswith("trainer."):
+            positional = [a for a in at.args if a.keyword is None]
+            for a in positional[1:]:
+                handed |= _names_in(a.value)
+            for a in at.args:
+                if a.keyword is not None and a.keyword.value in (*LAUNCH_DATA_KEYWORDS, "datamodule"):
+                    handed |= _names_in(a.value)
+        if via is not None:
+            handed |= self.functions[via].free_names if via in self.functions else set()
+        return LaunchPoint(call, kind, index, via, function, frozenset(handed), inner)
+
+    def constructor(self, call: cst.Call, env: dict[str, Value]) -> None:
+        kind = self.class_kind(self.qname(call.func, env), env)
+        if kind in ("trainer", "fabric", "ddp_strategy"):
+            self.facts.constructors.append(ConstructorCall(call, kind))
+
+    def constructors_in(self, summary: FunctionSummary) -> None:
+        for call in summary.calls:
+            self.constructor(call, summary.env)
+            q = self.qname(call.func, summary.env)
+            if q in ("torch.multiprocessing.set_start_method", "multiprocessing.set_start_method"):
+                method = N.call_arg(call, "method", 0)
+                value = N.string_value(method.value) if method is not None else None
+                if value in ("spawn", "forkserver"):
+                    self.facts.start_methods.append((call, value))
+
+    def handoffs(self) -> None:
+        """Keep only the data builds whose results reach training (directly or through other data)."""
+        facts = self.facts
+        reached: list[DataBuild] = []
+        by_name: dict[str, list[DataBuild]] = {}
+        for d in facts.data:
+            for n in d.names:
+                by_name.setdefault(n, []).append(d)
+        # Where training happens: launch points, and top-level Fabric training, which consumes
+        # the loaders its statement iterates.
+        consumers = [(lp.statement, lp.handed) for lp in facts.launches]
+        consumers += [(t.statement, frozenset(facts.statements[t.statement].uses)) for t in facts.training]
+        for at, handed in consumers:
+            todo = list(handed)
+            seen: set[str] = set()
+            while todo:
+                name = todo.pop()
+                if name in seen:
+                    continue
+                seen.add(name)
+                builds = [d for d in by_name.get(name, []) if d.statement <= at]
+                if not builds:
+                    continue
+                build = builds[-1]
+                if build not in reached:
+                    reached.append(build)
+                todo.extend(_names_in(build.node))
+        facts.data = sorted(reached, key=lambda d: d.statement)
+
+
+class _CallOrder(cst.CSTVisitor):
+    """For each call: the path of (block, statement index, in a loop body) that leads to it, and
+    its order of evaluation within its statement."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int, int, bool]] = []
+        self.paths: dict[int, tuple[tuple[tuple[int, int, bool], ...], int]] = {}
+        self.counter = 0
+        self._loop_body = False
+
+    def _block(self, block: cst.CSTNode, loop: bool) -> None:
+        for i, stmt in enumerate(getattr(block, "body", ())):
+            self.stack.append((id(block), i, loop))
+            stmt.visit(self)
+            self.stack.pop()
+
+    def visit_IndentedBlock(self, node: cst.IndentedBlock) -> bool:
+        loop, self._loop_body = self._loop_body, False
+        self._block(node, loop)
+        return False
+
+    def visit_SimpleStatementSuite(self, node: cst.SimpleStatementSuite) -> bool:
+        loop, self._loop_body = self._loop_body, False
+        self._block(node, loop)
+        return False
+
+    def visit_For(self, node: cst.For) -> bool:
+        node.iter.visit(self)
+        self._loop_body = True
+        node.body.visit(self)
+        if node.orelse is not None:
+            node.orelse.visit(self)
+        return False
+
+    def visit_While(self, node: cst.While) -> bool:
+        node.test.visit(self)
+        self._loop_body = True
+        node.body.visit(self)
+        if node.orelse is not None:
+            node.orelse.visit(self)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.counter += 1
+        self.paths[id(node)] = (tuple(self.stack), self.counter)
+
+
+_ORDER_CACHE: dict[int, _CallOrder] = {}
+
+
+def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> bool:
+    """Can `first` run before `then` when `root` (a statement or function) runs?
+
+    Statements in one block run in order; the branches of an `if`/`try` exclude each other; a loop
+    body runs again, so anything in it can run before a later iteration's call; the arguments of a
+    call run before it.
+    """
+    order = _ORDER_CACHE.get(id(root))
+    if order is None or order.paths.get(id(first)) is None:
+        order = _CallOrder()
+        root.visit(order)
+        _ORDER_CACHE[id(root)] = order
+    a, b = order.paths.get(id(first)), order.paths.get(id(then))
+    if a is None or b is None:
+        return True  # not found: assume the worst
+    (pa, na), (pb, nb) = a, b
+    common_loop = False
+    for x, y in zip(pa, pb):
+        if x == y:
+            common_loop = common_loop or x[2]
+            continue
+        if x[0] == y[0]:  # same block, different statements
+            return x[1] < y[1] or common_loop or x[2]
+        return common_loop  # different branches of one compound statement
+    if len(pa) != len(pb):
+        return True  # one is in a block nested in the other's statement: be conservative
+    return na < nb or _inside(then, first)
+
+
+def _inside(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
+    found = False
+
+    class V(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            nonlocal found
+            found = found or node is inner
+            return not found
+
+    outer.visit(V())
+    return found
+
+
+def _names_in(node: cst.CSTNode) -> set[str]:
+    scan = _RunsNow()
+    node.visit(scan)
+    return scan.loads
+
+
+def _short(expr: cst.BaseExpression) -> str:
+    text = cst.Module([]).code_for_node(expr)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def analyse(module: cst.Module) -> NotebookFacts:
+    """The facts of a joined notebook module (see `nbrefactor.notebook.join`)."""
+    return _Analysis(module).run()

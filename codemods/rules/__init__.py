@@ -1,0 +1,26 @@
+"""The rule catalogue: every rule class, in code order. `nbrefactor rules` and the README's table
+are generated from these classes."""
+
+from __future__ import annotations
+
+from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.nbr101_cuda_before_launch import CudaInitializedBeforeLaunch
+from codemods.rules.nbr102_cuda_probe_before_lightning_import import CudaProbeBeforeLightningImport
+from codemods.rules.nbr201_data_built_in_notebook_process import DataBuiltInNotebookProcess
+from codemods.rules.nbr301_launch_without_function import LaunchWithoutFunction
+from codemods.rules.nbr302_training_at_top_level import TrainingAtTopLevel
+from codemods.rules.nbr401_strategy_not_notebook_compatible import StrategyNotNotebookCompatible
+from codemods.rules.nbr402_devices_auto_in_notebook import DevicesAutoInNotebook
+
+ALL_RULES: tuple[type[Rule], ...] = (
+    CudaInitializedBeforeLaunch,
+    CudaProbeBeforeLightningImport,
+    DataBuiltInNotebookProcess,
+    LaunchWithoutFunction,
+    TrainingAtTopLevel,
+    StrategyNotNotebookCompatible,
+    DevicesAutoInNotebook,
+)
+RULES_BY_CODE = {r.code: r for r in ALL_RULES}
+
+__all__ = ["ALL_RULES", "RULES_BY_CODE", "Applicability", "Finding", "Invalid", "Rule"]

@@ -1,0 +1,81 @@
+"""The rule contract: a code, a name, a message, examples that are its tests, and ruff-style docs.
+
+A rule reads the shared `NotebookFacts` (one analysis pass per notebook) and yields `Finding`s that
+point at libcst nodes; the checker turns nodes into cell, row and column.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import libcst as cst
+
+from codemods.facts import CudaUse, NotebookFacts, runs_before
+
+
+class Applicability(str, enum.Enum):
+    """What `nbrefactor fix` may do about a finding (ruff's terms)."""
+
+    SAFE = "safe"  # keeps what the notebook computes; applied by default
+    UNSAFE = "unsafe"  # may change what it computes; needs --unsafe-fixes
+    NONE = "none"  # no automatic fix: the message says what to do
+
+
+@dataclass(frozen=True)
+class Finding:
+    node: cst.CSTNode
+    message: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A notebook (cells split by `# %%`) the rule flags; `at` is (cell, row, column), 1-based."""
+
+    code: str
+    at: tuple[int, int, int]
+    message_contains: str = ""
+
+
+class Rule:
+    code: ClassVar[str]
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line, for tables
+    applicability: ClassVar[Applicability]
+    fix_title: ClassVar[str | None] = None
+    VALID: ClassVar[list[str]] = []
+    INVALID: ClassVar[list[Invalid]] = []
+
+    def check(self, facts: NotebookFacts) -> Iterator[Finding]:
+        raise NotImplementedError
+
+    @classmethod
+    def docs(cls) -> str:
+        """The rule's documentation (its docstring: What it does / Why is this bad? / ...)."""
+        return inspect.cleandoc(cls.__doc__ or "")
+
+
+def runs_before_a_launch(facts: NotebookFacts, use: CudaUse) -> bool:
+    """Does this use run in the notebook process before some fork-based launch point runs?
+
+    Statements before the last launch statement do. Within the launch statement (or the notebook
+    function it calls) the order of evaluation decides: see `codemods.facts.runs_before`.
+    """
+    last = facts.last_launch
+    if last is None or use.statement > last:
+        return False
+    if use.statement < last:
+        return True
+    statement = facts.statements[last].node
+    for lp in facts.launches:
+        if lp.statement != last:
+            continue
+        if use.via is not None and use.via == lp.via and use.node is lp.node and lp.inner is not None:
+            function = facts.functions.get(use.via)
+            if function is not None and runs_before(function.node, use.inner, lp.inner):
+                return True
+        elif use.node is not lp.node and runs_before(statement, use.node, lp.node):
+            return True
+    return False

@@ -1,0 +1,146 @@
+"""NBR201: a Dataset or DataLoader built in the notebook process and handed to training."""
+
+from __future__ import annotations
+
+from codemods.rules.base import Applicability, Finding, Invalid, Rule
+
+
+class DataBuiltInNotebookProcess(Rule):
+    """
+    ## What it does
+    Finds a Dataset or DataLoader built at top level (torchvision, torchaudio, torchtext and
+    torch_geometric datasets, `TensorDataset`, `random_split`, `Subset`, HF `load_dataset`, your own
+    `Dataset` subclasses, `DataLoader`) that reaches training: passed to
+    `trainer.fit/validate/test/predict`, read by the function given to `fabric.launch` or
+    `notebook_launcher`, or iterated by Fabric training at top level. Datasets that only feed such a
+    loader are reported too. A `LightningDataModule` is lazy and fine, unless its `setup()` or
+    `prepare_data()` is called at top level before training.
+
+    ## Why is this bad?
+    The training processes are forked from the notebook process and inherit the data it built:
+    open files, thread pools, pinned or CUDA memory. Lightning's docs list slowdowns and crashes
+    (segmentation faults) from data loaded before the launch. Building the data inside the launched
+    function or the `*_dataloader` hooks gives each process its own.
+
+    ## Example
+    ```python
+    dataset = MyDataset("data/")
+    dataloader = torch.utils.data.DataLoader(dataset)
+
+    trainer = L.Trainer(accelerator="cuda", devices=2)
+    trainer.fit(model, dataloader)
+    ```
+
+    ## Use instead
+    ```python
+    class LitModel(L.LightningModule):
+        def train_dataloader(self):
+            dataset = MyDataset("data/")
+            return torch.utils.data.DataLoader(dataset)
+    ```
+
+    ## Fix safety
+    Unsafe: the fix moves the data building into the launched function or hooks, so it runs in each
+    training process; names that exploration cells read keep working through a top-level factory.
+    """
+
+    code = "NBR201"
+    name = "data-built-in-notebook-process"
+    summary = "A Dataset or DataLoader is built in the notebook process and handed to training"
+    applicability = Applicability.UNSAFE
+    fix_title = "Build the data inside the launched function or the dataloader hooks"
+
+    VALID = [
+        """
+import torch
+import lightning as L
+
+def train(fabric):
+    dataset = torch.utils.data.TensorDataset(torch.randn(8, 2))
+    loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(dataset))
+
+fabric = L.Fabric(accelerator="cuda", devices=2)
+fabric.launch(train)
+""",
+        # Exploration only: the dataset never reaches training.
+        """
+import torchvision
+import lightning as L
+preview = torchvision.datasets.MNIST(".", download=True)
+print(preview[0])
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model)
+""",
+        # A DataModule is lazy.
+        """
+import lightning as L
+dm = MyDataModule(batch_size=32)
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model, datamodule=dm)
+""",
+    ]
+    INVALID = [
+        Invalid(
+            """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import lightning as L
+# %%
+dataset = TensorDataset(torch.randn(64, 4))
+loader = DataLoader(dataset, batch_size=8)
+# %%
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model, loader)
+""",
+            at=(2, 1, 11),
+            message_contains="TensorDataset",
+        ),
+        Invalid(
+            """
+import torch
+import lightning as L
+loader = torch.utils.data.DataLoader(ds)
+
+def train(fabric):
+    for batch in loader:
+        ...
+
+fabric = L.Fabric(accelerator="cuda", devices=2)
+fabric.launch(train)
+""",
+            at=(1, 3, 10),
+            message_contains="fabric.launch",
+        ),
+        Invalid(
+            """
+import lightning as L
+
+class MNISTDataModule(L.LightningDataModule):
+    def setup(self, stage=None):
+        ...
+
+dm = MNISTDataModule()
+dm.setup()
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model, datamodule=dm)
+""",
+            at=(1, 8, 1),
+            message_contains="setup()",
+        ),
+    ]
+
+    def check(self, facts):
+        handed_at = {}
+        for lp in facts.launches:
+            for name in lp.handed:
+                handed_at.setdefault(name, lp)
+        for build in facts.data:
+            target = next((handed_at[n] for n in build.names if n in handed_at), None)
+            where = f"`{target.kind}`" if target is not None else "training"
+            names = ", ".join(f"`{n}`" for n in build.names)
+            yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and handed to {where}; build it inside the launched function or a `*_dataloader` hook")
+        for call, name, statement in facts.datamodule_setups:
+            lp = next((lp for lp in facts.launches if name in lp.handed and lp.statement >= statement), None)
+            if lp is not None:
+                method = call.func.attr.value
+                yield Finding(call, f"`{name}.{method}()` loads the data in the notebook process before `{lp.kind}`; let the Trainer call it in each process")

@@ -1,0 +1,3 @@
+from nbrefactor.cli import main
+
+main()

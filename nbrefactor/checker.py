@@ -1,0 +1,134 @@
+"""`check` for one notebook: read, join, parse once, analyse once, run the rules, place findings.
+
+Findings are placed in the notebook's own terms: cell (1-based over all cells), row and column
+inside the cell. Positions are computed only for notebooks that have findings, and a notebook
+whose text never mentions Lightning, Fabric, a Trainer or Accelerate is not analysed at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from nbrefactor.config import Selection
+from nbrefactor.notebook.join import JoinedNotebook, join
+from nbrefactor.notebook.model import Notebook
+
+# Every rule needs at least one of these in the code; a notebook without them has nothing to find.
+_RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|set_start_method|DDPStrategy")
+_NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    name: str
+    message: str
+    path: str
+    cell: int  # 1-based over all cells
+    row: int  # 1-based inside the cell
+    column: int  # 1-based
+    end_row: int
+    end_column: int
+    applicability: str
+    fix_title: str | None
+
+    def sort_key(self):
+        return (self.path, self.cell, self.row, self.column, self.code)
+
+
+@dataclass
+class CellWarning:
+    """Something the user should know that is not a finding: a cell nbrefactor could not read."""
+
+    path: str
+    cell: int
+    row: int | None
+    message: str
+
+
+@dataclass
+class NotebookCheck:
+    notebook: Notebook
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    warnings: list[CellWarning] = field(default_factory=list)
+    joined: JoinedNotebook | None = None
+    module: cst.Module | None = None
+    facts: object | None = None
+
+
+def parse_joined(notebook: Notebook) -> tuple[JoinedNotebook, cst.Module, list[CellWarning]]:
+    joined = join(notebook)
+    warnings = [
+        CellWarning(notebook.path, c.index + 1, c.parse_error_line, f"cell skipped, not Python: {c.parse_error}")
+        for c in joined.opaque_cells
+        if not c.parse_error.startswith("cell magic")  # another language on purpose: nothing to say
+    ]
+    return joined, cst.parse_module(joined.code), warnings
+
+
+def check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
+    from codemods.facts import analyse
+    from codemods.rules import ALL_RULES
+
+    result = NotebookCheck(notebook)
+    if not any(_RELEVANT.search(c.source) for c in notebook.code_cells):
+        return result
+    joined, module, warnings = parse_joined(notebook)
+    result.joined, result.module, result.warnings = joined, module, warnings
+    facts = analyse(module)
+    result.facts = facts
+    findings = []
+    for rule in ALL_RULES:
+        if not selection.enabled(rule.code):
+            continue
+        for finding in rule().check(facts):
+            findings.append((rule, finding))
+    if not findings:
+        return result
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    seen = set()
+    for rule, finding in findings:
+        span = positions[finding.node]
+        cell_index, row = joined.locate(span.start.line)
+        end_cell, end_row = joined.locate(span.end.line)
+        if end_cell != cell_index:  # never expected: a node does not cross cell markers
+            end_row, end_column = row, span.start.column + 1
+        else:
+            end_column = span.end.column + 1
+        key = (rule.code, cell_index, row, span.start.column)
+        if key in seen or _suppressed(notebook.cells[cell_index].source, row, rule.code):
+            continue
+        seen.add(key)
+        result.diagnostics.append(
+            Diagnostic(
+                code=rule.code,
+                name=rule.name,
+                message=finding.message,
+                path=notebook.path,
+                cell=cell_index + 1,
+                row=row,
+                column=span.start.column + 1,
+                end_row=end_row,
+                end_column=end_column,
+                applicability=rule.applicability.value,
+                fix_title=rule.fix_title,
+            )
+        )
+    result.diagnostics.sort(key=Diagnostic.sort_key)
+    return result
+
+
+def _suppressed(source: str, row: int, code: str) -> bool:
+    """`# noqa` or `# noqa: NBR101, NBR2xx-codes` on the finding's line."""
+    lines = source.split("\n")
+    if not 1 <= row <= len(lines):
+        return False
+    m = _NOQA.search(lines[row - 1])
+    if m is None:
+        return False
+    codes = m.group("codes")
+    return codes is None or code in {c.upper() for c in re.split(r"[\s,]+", codes) if c}

@@ -1,0 +1,58 @@
+"""Which files a command works on: named files as given, folders searched for notebooks.
+
+In a folder every `.ipynb` is a notebook; a `.py` or `.md` counts only when it is a jupytext
+notebook (a jupytext header or `# %%` cell markers), so a package's modules are not linted.
+Hidden folders, `.ipynb_checkpoints`, virtual environments and `node_modules` are skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from pathlib import Path
+
+from nbrefactor.errors import NotebookError
+
+_SKIP_DIRS = {".ipynb_checkpoints", "node_modules", "__pycache__", "site-packages", "venv", ".venv", "build", "dist"}
+_JUPYTEXT_PY = re.compile(r"^(# ---\n#\s+jupyter:|# %%|#\s+jupyter:)", re.MULTILINE)
+_JUPYTEXT_MD = re.compile(r"^---\n(?:.*\n)*?jupyter:", re.MULTILINE)
+
+
+def _looks_like_text_notebook(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:20000]
+    except OSError:
+        return False
+    if path.suffix == ".py":
+        return _JUPYTEXT_PY.search(head) is not None
+    return _JUPYTEXT_MD.search(head) is not None
+
+
+def _excluded(path: Path, patterns: tuple[str, ...]) -> bool:
+    text = path.as_posix()
+    return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
+
+
+def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[list[Path], list[NotebookError]]:
+    """The notebooks under `paths`, and one error per path that does not exist."""
+    found: list[Path] = []
+    errors: list[NotebookError] = []
+    for raw in paths:
+        p = Path(raw)
+        if raw == "-":
+            found.append(p)
+        elif p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS and not _excluded(Path(root, d), exclude))
+                for name in sorted(files):
+                    f = Path(root, name)
+                    if _excluded(f, exclude):
+                        continue
+                    if f.suffix == ".ipynb" or (f.suffix in (".py", ".md") and _looks_like_text_notebook(f)):
+                        found.append(f)
+        elif p.exists() or p.is_symlink():
+            found.append(p)
+        else:
+            errors.append(NotebookError(raw, "no such file or folder"))
+    return found, errors

@@ -1,0 +1,236 @@
+"""Notebook <-> one Python module, so libcst parses a notebook once and codemods see every cell.
+
+Each code cell is written behind its own marker line, `# %% nbrefactor-cell <index>`, at column 0.
+IPython syntax (line magics, shell escapes, help) that is not Python is swapped, one line for one
+line, for a placeholder statement `__nbrefactor_magic_<k>__` at the same indentation, so rows and
+columns stay the notebook's own and a moved magic keeps its new indentation. A cell that still does
+not parse is kept out of the module (its marker stays, its body is empty) and restored verbatim.
+
+`JoinedNotebook.split` reverses this and refuses a module whose markers were lost, duplicated,
+reordered or indented: a codemod that breaks cell boundaries must fail, never corrupt a notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from nbrefactor.notebook.model import Notebook
+
+MARKER_PREFIX = "# %% nbrefactor-cell "
+MARKER = re.compile(r"^# %% nbrefactor-cell (\d+|new)[ \t]*$")
+_ANY_MARKER = re.compile(r"^[ \t]*# %% nbrefactor-cell\b")
+_PLACEHOLDER = re.compile(r"^([ \t]*)__nbrefactor_magic_(\d+)__[ \t]*$")
+
+# Lines IPython turns into calls before Python sees them.
+_MAGIC_LINE = re.compile(
+    r"""^[ \t]*(
+        [%!?]                                   # %magic, %%cellmagic, !shell, ?help
+      | [\w.]+[ \t]*\?\??[ \t]*$                # obj? / obj??
+      | [\w.,()\[\] \t]+=[ \t]*[%!]             # var = !ls / var = %time f()
+    )""",
+    re.VERBOSE,
+)
+
+# Cell magics whose body is Python: the first line is escaped, the body is analysed.
+PYTHON_CELL_MAGICS = {"time", "timeit", "capture", "prun", "debug", "pypy", "python", "python3", "writefile"}
+
+
+@dataclass
+class CellInModule:
+    """Where one code cell sits in the joined module."""
+
+    index: int  # the cell's index among all cells
+    first_line: int  # 1-based module line of the cell's first source line
+    n_lines: int
+    opaque: bool = False  # not Python: kept out of the module, restored verbatim
+    parse_error: str | None = None
+    parse_error_line: int | None = None
+
+
+@dataclass
+class JoinedNotebook:
+    notebook: Notebook
+    code: str
+    cells: list[CellInModule]
+    magics: list[str] = field(default_factory=list)  # placeholder k -> original line, indentation stripped
+
+    @property
+    def opaque_cells(self) -> list[CellInModule]:
+        return [c for c in self.cells if c.opaque]
+
+    def locate(self, line: int) -> tuple[int, int]:
+        """Module line (1-based) -> (cell index, 1-based row inside the cell)."""
+        lo, hi = 0, len(self.cells) - 1
+        found = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if self.cells[mid].first_line <= line:
+                found = self.cells[mid]
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        if found is None:
+            raise ValueError(f"line {line} is before the first cell")
+        return found.index, line - found.first_line + 1
+
+    def split(self, code: str) -> dict[int, str]:
+        """New sources by cell index from a (transformed) module; raises `CellBoundaryError`."""
+        lines = code.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the module
+        order: list[int] = []
+        bodies: dict[int, list[str]] = {}
+        current: int | None = None
+        for line in lines:
+            m = MARKER.match(line)
+            if m:
+                if m.group(1) == "new":
+                    raise CellBoundaryError("new cells are not supported here")
+                current = int(m.group(1))
+                if current in bodies:
+                    raise CellBoundaryError(f"cell marker {current} appears twice")
+                order.append(current)
+                bodies[current] = []
+                continue
+            if _ANY_MARKER.match(line):
+                raise CellBoundaryError(f"a cell marker was moved inside a block: {line.strip()!r}")
+            if current is None:
+                if line.strip():
+                    raise CellBoundaryError("code was placed before the first cell marker")
+                continue
+            bodies[current].append(line)
+        expected = [c.index for c in self.cells]
+        if order != expected:
+            raise CellBoundaryError(f"cell markers lost or reordered (expected {expected}, got {order})")
+        out: dict[int, str] = {}
+        by_index = {c.index: c for c in self.cells}
+        for index, body in bodies.items():
+            original = self.notebook.cells[index].source
+            if by_index[index].opaque:
+                out[index] = original
+                continue
+            text = "\n".join(self._restore(line) for line in body)
+            out[index] = original if text == original else _tidy(text)
+        return out
+
+    def _restore(self, line: str) -> str:
+        m = _PLACEHOLDER.match(line)
+        if not m:
+            return line
+        return m.group(1) + self.magics[int(m.group(2))]
+
+
+class CellBoundaryError(RuntimeError):
+    """A transform moved, dropped or duplicated a cell marker."""
+
+
+def _tidy(text: str) -> str:
+    """A changed cell: no trailing blank lines (Jupyter's convention)."""
+    return text.rstrip("\n ")
+
+
+def _parses(source: str) -> tuple[bool, str | None, int | None]:
+    try:
+        compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes
+        return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
+    return True, None, None
+
+
+def _escape(source: str, magics: list[str]) -> str:
+    """Swap each IPython-only line for a placeholder statement (same line count, same indentation)."""
+    lines = source.split("\n")
+    out: list[str] = []
+    continuing = False
+    for i, line in enumerate(lines):
+        first_cell_magic = i == 0 and line.startswith("%%")
+        if continuing or _MAGIC_LINE.match(line) or first_cell_magic or _ANY_MARKER.match(line):
+            indent = line[: len(line) - len(line.lstrip(" \t"))]
+            out.append(f"{indent}__nbrefactor_magic_{len(magics)}__")
+            magics.append(line[len(indent) :])
+            continuing = line.rstrip().endswith("\\")
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _cell_magic(source: str) -> str | None:
+    if source.startswith("%%"):
+        return source[2:].split(None, 1)[0] if len(source) > 2 else ""
+    return None
+
+
+def join(notebook: Notebook) -> JoinedNotebook:
+    """One Python module for the notebook's code cells (see the module docstring)."""
+    parts: list[str] = []
+    cells: list[CellInModule] = []
+    magics: list[str] = []
+    line = 1
+    for cell in notebook.code_cells:
+        parts.append(f"{MARKER_PREFIX}{cell.index}\n")
+        line += 1
+        body, info = _prepare_cell(cell.source, magics)
+        info.index, info.first_line = cell.index, line
+        if body:
+            body += "\n"
+        parts.append(body)
+        info.n_lines = body.count("\n")
+        line += info.n_lines
+        cells.append(info)
+    joined = JoinedNotebook(notebook, "".join(parts), cells, magics)
+    _make_unparsable_cells_opaque(joined)
+    return joined
+
+
+def _prepare_cell(source: str, magics: list[str]) -> tuple[str, CellInModule]:
+    info = CellInModule(index=-1, first_line=-1, n_lines=0)
+    magic = _cell_magic(source)
+    if magic is not None and magic not in PYTHON_CELL_MAGICS:
+        info.opaque, info.parse_error = True, f"cell magic %%{magic}: not Python"
+        return "", info
+    if "\r" in source.replace("\r\n", ""):
+        info.opaque, info.parse_error = True, "bare carriage returns in the source"
+        return "", info
+    ok, err, err_line = _parses(source)
+    if ok:
+        return source, info
+    escaped = _escape(source, magics)
+    ok, err2, err_line2 = _parses(escaped)
+    if ok:
+        return escaped, info
+    info.opaque, info.parse_error, info.parse_error_line = True, err2 or err, err_line2 or err_line
+    return "", info
+
+
+def _make_unparsable_cells_opaque(joined: JoinedNotebook) -> None:
+    """libcst and CPython disagree on a few corners; a cell libcst rejects is made opaque."""
+    try:
+        cst.parse_module(joined.code)
+        return
+    except cst.ParserSyntaxError:
+        pass
+    for info in joined.cells:
+        if info.opaque or info.n_lines == 0:
+            continue
+        start = info.first_line - 1
+        body = "\n".join(joined.code.split("\n")[start : start + info.n_lines])
+        try:
+            cst.parse_module(body + "\n")
+        except cst.ParserSyntaxError as err:
+            info.opaque, info.parse_error, info.parse_error_line = True, err.message, err.raw_line
+    # Rebuild the text without the opaque bodies, keeping every cell's line bookkeeping right.
+    lines = joined.code.split("\n")
+    parts: list[str] = []
+    line = 1
+    for info in joined.cells:
+        parts.append(f"{MARKER_PREFIX}{info.index}\n")
+        line += 1
+        body = [] if info.opaque else lines[info.first_line - 1 : info.first_line - 1 + info.n_lines]
+        info.first_line, info.n_lines = line, len(body)
+        parts.extend(b + "\n" for b in body)
+        line += len(body)
+    joined.code = "".join(parts)

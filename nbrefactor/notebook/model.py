@@ -1,0 +1,217 @@
+"""The notebook as nbrefactor sees it: an ordered list of cells, and a way back to the file's bytes.
+
+`read_notebook` accepts `.ipynb` (nbformat 4; nbformat 3 is upgraded in memory and read-only) and
+jupytext text notebooks (`.py` percent or light, `.md`, and the other jupytext script formats).
+`Notebook.render` produces the new file content from new cell sources; a notebook whose sources did
+not change renders to its original bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbrefactor.errors import NotANotebook, NotebookError
+from nbrefactor.notebook import ipynb
+
+TEXT_NOTEBOOK_EXTENSIONS = (".py", ".md", ".markdown", ".Rmd", ".qmd", ".myst", ".mystnb", ".mnb")
+
+
+@dataclass
+class Cell:
+    """One cell; `index` is its 0-based position among all cells (markdown and raw included)."""
+
+    index: int
+    cell_type: str
+    source: str
+    id: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        """The 1-based cell number users see in messages (`cell 3`), counted over all cells."""
+        return self.index + 1
+
+
+@dataclass
+class Notebook:
+    path: str
+    format: str  # "ipynb", or a jupytext format such as "py:percent"
+    cells: list[Cell]
+    language: str | None  # kernel language as the notebook declares it, lower-case
+    raw: str  # the file's text as read
+    read_only_reason: str | None = None
+    _ipynb: ipynb.IpynbFile | None = None
+    _jupytext_nb: object | None = None  # the jupytext NotebookNode, for text formats
+
+    @property
+    def is_python(self) -> bool:
+        return self.language in (None, "python", "python3", "ipython", "python2")
+
+    @property
+    def code_cells(self) -> list[Cell]:
+        return [c for c in self.cells if c.cell_type == "code"]
+
+    def render(self, new_sources: dict[int, str]) -> str:
+        """The file content with the given cells' sources replaced (outputs of those cells cleared).
+
+        Cells not named keep their bytes. With no real change the original text comes back.
+        """
+        changed = {i: s for i, s in new_sources.items() if s != self.cells[i].source}
+        if not changed:
+            return self.raw
+        if self.read_only_reason:
+            raise NotebookError(self.path, f"cannot write this notebook: {self.read_only_reason}")
+        if self._ipynb is not None:
+            return ipynb.render(self._ipynb, [(c.index, changed.get(c.index, c.source)) for c in self.cells])
+        return _render_text(self, changed)
+
+
+def _render_text(nb: Notebook, changed: dict[int, str]) -> str:
+    import copy
+
+    import jupytext
+
+    node = copy.deepcopy(nb._jupytext_nb)
+    for i, src in changed.items():
+        node.cells[i].source = src
+    text = jupytext.writes(node, fmt=nb.format)
+    if nb.raw.endswith("\n") and not text.endswith("\n"):
+        text += "\n"
+    return text
+
+
+def _decode(path: str, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NotebookError(path, f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): not a notebook") from None
+    return text
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise NotebookError(path, "no such file") from None
+    except IsADirectoryError:
+        raise NotebookError(path, "is a folder, not a notebook") from None
+    except PermissionError:
+        raise NotebookError(path, "permission denied") from None
+    except OSError as err:
+        raise NotebookError(path, err.strerror or str(err)) from None
+
+
+def read_notebook(path: str | os.PathLike, data: bytes | None = None) -> Notebook:
+    """Read a notebook file (or the given bytes, named `path`) into a `Notebook`."""
+    path = str(path)
+    if data is None:
+        data = read_file(path)
+    text = _decode(path, data)
+    suffix = Path(path).suffix
+    if suffix == ".ipynb" or (suffix not in TEXT_NOTEBOOK_EXTENSIONS and text.lstrip().startswith("{")):
+        return _read_ipynb(path, text)
+    if suffix in TEXT_NOTEBOOK_EXTENSIONS:
+        return _read_text(path, text, suffix)
+    raise NotANotebook(path, f"'{suffix or 'no extension'}' files are not notebooks")
+
+
+def _kernel_language(metadata: dict) -> str | None:
+    ks = metadata.get("kernelspec") if isinstance(metadata.get("kernelspec"), dict) else {}
+    li = metadata.get("language_info") if isinstance(metadata.get("language_info"), dict) else {}
+    lang = ks.get("language") or li.get("name") or metadata.get("language")
+    if not lang and isinstance(ks.get("name"), str):
+        name = ks["name"].lower()
+        lang = "r" if name in ("ir", "r") else "julia" if name.startswith("julia") else None
+    return lang.lower() if isinstance(lang, str) else None
+
+
+def _read_ipynb(path: str, text: str) -> Notebook:
+    if not text.strip():
+        raise NotebookError(path, "empty file: not a notebook")
+    try:
+        parsed = ipynb.parse(text)
+    except json.JSONDecodeError as err:
+        raise NotebookError(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except ipynb.JsonShapeError as err:
+        raise NotebookError(path, f"not a notebook: {err}") from None
+    except RecursionError:
+        raise NotebookError(path, "not a notebook: JSON nested too deeply") from None
+    metadata = parsed.data.get("metadata") if isinstance(parsed.data.get("metadata"), dict) else {}
+    cells = []
+    for i, c in enumerate(parsed.cells):
+        cell_type = "markdown" if c["cell_type"] == "heading" else c["cell_type"]
+        cid = c.get("id") if isinstance(c.get("id"), str) else None
+        md = c.get("metadata") if isinstance(c.get("metadata"), dict) else {}
+        cells.append(Cell(i, cell_type, ipynb.cell_source(c, parsed.nbformat), cid, md))
+    language = _kernel_language(metadata)
+    if parsed.nbformat == 3 and language is None:
+        languages = {c.get("language") for c in parsed.cells if c.get("cell_type") == "code"}
+        language = next(iter(languages)) if len(languages) == 1 else None
+    read_only = None
+    if parsed.nbformat == 3:
+        read_only = "it is nbformat 3; upgrade it first with `jupyter nbconvert --to notebook --inplace`"
+    return Notebook(path, "ipynb", cells, language, text, read_only, _ipynb=parsed)
+
+
+def _read_text(path: str, text: str, suffix: str) -> Notebook:
+    import jupytext  # 2 s to import: only for text notebooks
+
+    try:
+        node = jupytext.reads(text, fmt=suffix.lstrip("."))
+    except Exception as err:  # jupytext raises many types for malformed headers
+        raise NotebookError(path, f"jupytext could not read it: {err}") from None
+    info = node.metadata.get("jupytext", {}).get("text_representation", {})
+    fmt = suffix.lstrip(".")
+    if info.get("format_name"):
+        fmt += ":" + info["format_name"]
+    cells = [
+        Cell(i, c.cell_type, c.source, None, dict(c.metadata)) for i, c in enumerate(node.cells)
+    ]
+    language = _kernel_language(node.metadata) or ("python" if suffix == ".py" else None)
+    return Notebook(path, fmt, cells, language, text, None, _jupytext_nb=node)
+
+
+def notebook_from_cells(cells: list[tuple[str, str]], path: str = "<example>.ipynb") -> Notebook:
+    """An in-memory nbformat 4.5 notebook from (cell_type, source) pairs; used by rule examples."""
+    nb = {
+        "cells": [
+            {"cell_type": t, "id": f"cell-{i}", "metadata": {}, "source": s}
+            | ({"execution_count": None, "outputs": []} if t == "code" else {})
+            for i, (t, s) in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"language": "python", "name": "python3", "display_name": "Python 3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    return _read_ipynb(path, json.dumps(nb, indent=1) + "\n")
+
+
+def split_example(text: str) -> list[tuple[str, str]]:
+    """Cells from text written with `# %%` separators (`# %% [markdown]` for markdown cells).
+
+    The rule examples and golden tests use it so that a reader sees the notebook as code.
+    """
+    cells: list[tuple[str, list[str]]] = []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("# %%") and line == stripped:
+            kind = "markdown" if "[markdown]" in stripped else "code"
+            cells.append((kind, []))
+            continue
+        if not cells:
+            cells.append(("code", []))
+        cells[-1][1].append(line)
+    out = []
+    for kind, lines in cells:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        if kind == "markdown":
+            lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in lines]
+        out.append((kind, "\n".join(lines)))
+    return out

@@ -1,0 +1,125 @@
+"""Diagnostics as text, JSON, GitHub annotations and SARIF (ruff's formats and field names)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from nbrefactor import __version__
+from nbrefactor.checker import Diagnostic
+
+FORMATS = ("text", "json", "github", "sarif", "concise")
+
+
+def text_line(d: Diagnostic) -> str:
+    return f"{d.path}:cell {d.cell}:{d.row}:{d.column}: {d.code} {d.message}"
+
+
+def as_text(diagnostics: list[Diagnostic]) -> str:
+    return "".join(text_line(d) + "\n" for d in diagnostics)
+
+
+def _fix(d: Diagnostic):
+    if d.applicability == "none":
+        return None
+    return {"applicability": d.applicability, "message": d.fix_title, "edits": []}
+
+
+def as_json(diagnostics: list[Diagnostic]) -> str:
+    items = [
+        {
+            "cell": d.cell,
+            "code": d.code,
+            "end_location": {"column": d.end_column, "row": d.end_row},
+            "filename": os.path.abspath(d.path),
+            "fix": _fix(d),
+            "location": {"column": d.column, "row": d.row},
+            "message": d.message,
+            "name": d.name,
+            "noqa_row": d.row,
+            "url": None,
+        }
+        for d in diagnostics
+    ]
+    return json.dumps(items, indent=2) + "\n"
+
+
+def _escape_property(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A").replace(":", "%3A").replace(",", "%2C")
+
+
+def _escape_data(value: str) -> str:
+    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def as_github(diagnostics: list[Diagnostic]) -> str:
+    """GitHub workflow commands; the cell is in the title and the message, since GitHub places
+    annotations on file lines and a notebook's lines are JSON."""
+    out = []
+    for d in diagnostics:
+        props = ",".join(
+            [
+                f"title={_escape_property(f'nbrefactor ({d.code}) cell {d.cell}')}",
+                f"file={_escape_property(d.path)}",
+                f"line={d.row}",
+                f"col={d.column}",
+                f"endLine={d.end_row}",
+                f"endColumn={d.end_column}",
+            ]
+        )
+        out.append(f"::error {props}::{_escape_data(text_line(d))}\n")
+    return "".join(out)
+
+
+def as_sarif(diagnostics: list[Diagnostic]) -> str:
+    from codemods.rules import ALL_RULES
+
+    rules = [
+        {
+            "id": r.code,
+            "name": r.name,
+            "shortDescription": {"text": r.summary},
+            "fullDescription": {"text": r.docs()},
+            "help": {"text": r.docs(), "markdown": r.docs()},
+            "properties": {"fix_applicability": r.applicability.value},
+        }
+        for r in ALL_RULES
+    ]
+    results = [
+        {
+            "ruleId": d.code,
+            "level": "error",
+            "message": {"text": f"cell {d.cell}: {d.message}"},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": d.path.replace(os.sep, "/")},
+                        "region": {
+                            "startLine": d.row,
+                            "startColumn": d.column,
+                            "endLine": d.end_row,
+                            "endColumn": d.end_column,
+                        },
+                    },
+                    "logicalLocations": [{"name": f"cell {d.cell}", "kind": "notebookCell"}],
+                }
+            ],
+            "properties": {"cell": d.cell, "fix_applicability": d.applicability},
+        }
+        for d in diagnostics
+    ]
+    doc = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {"driver": {"name": "nbrefactor", "version": __version__, "rules": rules}},
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def render(diagnostics: list[Diagnostic], fmt: str) -> str:
+    return {"text": as_text, "concise": as_text, "json": as_json, "github": as_github, "sarif": as_sarif}[fmt](diagnostics)
