@@ -103,6 +103,8 @@ class DataBuild:
     statement: int
     names: tuple[str, ...]
     label: str  # what is built, for messages: "DataLoader", "MNIST", ...
+    handed_to: str | None = None  # the launch kind (or "fabric training") it reaches
+    through: str | None = None  # the data name it reaches training through, if not directly
 
 
 @dataclass
@@ -695,13 +697,13 @@ class _Analysis:
                 by_name.setdefault(n, []).append(d)
         # Where training happens: launch points, and top-level Fabric training, which consumes
         # the loaders its statement iterates.
-        consumers = [(lp.statement, lp.handed) for lp in facts.launches]
-        consumers += [(t.statement, frozenset(facts.statements[t.statement].uses)) for t in facts.training]
-        for at, handed in consumers:
-            todo = list(handed)
+        consumers = [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
+        consumers += [(t.statement, frozenset(facts.statements[t.statement].uses), "Fabric training") for t in facts.training]
+        for at, handed, kind in consumers:
+            todo = [(n, None) for n in handed]
             seen: set[str] = set()
             while todo:
-                name = todo.pop()
+                name, through = todo.pop()
                 if name in seen:
                     continue
                 seen.add(name)
@@ -710,8 +712,9 @@ class _Analysis:
                     continue
                 build = builds[-1]
                 if build not in reached:
+                    build.handed_to, build.through = kind, through
                     reached.append(build)
-                todo.extend(_names_in(build.node))
+                todo.extend((n, through or name) for n in _names_in(build.node))
         facts.data = sorted(reached, key=lambda d: d.statement)
 
 

@@ -109,7 +109,7 @@ fabric = L.Fabric(accelerator="cuda", devices=2)
 fabric.launch(train)
 """,
             at=(1, 3, 10),
-            message_contains="fabric.launch",
+            message_contains="reaches `fabric.launch`",
         ),
         Invalid(
             """
@@ -130,15 +130,11 @@ trainer.fit(model, datamodule=dm)
     ]
 
     def check(self, facts):
-        handed_at = {}
-        for lp in facts.launches:
-            for name in lp.handed:
-                handed_at.setdefault(name, lp)
         for build in facts.data:
-            target = next((handed_at[n] for n in build.names if n in handed_at), None)
-            where = f"`{target.kind}`" if target is not None else "training"
-            names = ", ".join(f"`{n}`" for n in build.names)
-            yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and handed to {where}; build it inside the launched function or a `*_dataloader` hook")
+            where = f"`{build.handed_to}`" if build.handed_to and "." in build.handed_to else (build.handed_to or "training")
+            through = f" through `{build.through}`" if build.through else ""
+            names = ", ".join(f"`{n}`" for n in build.names) or "data"
+            yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and reaches {where}{through}; build it inside the launched function or a `*_dataloader` hook")
         for call, name, statement in facts.datamodule_setups:
             lp = next((lp for lp in facts.launches if name in lp.handed and lp.statement >= statement), None)
             if lp is not None:

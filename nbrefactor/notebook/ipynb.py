@@ -134,11 +134,12 @@ def parse(text: str) -> IpynbFile:
     Raises `json.JSONDecodeError` for text that is not JSON and `JsonShapeError` for JSON that is
     not a notebook.
     """
-    start = _skip_ws(text, 1 if text.startswith("\ufeff") else 0)
-    if start >= len(text) or text[start] != "{":
-        # Let json produce its own message (with line and column) for non-objects.
-        value = json.loads(text)
+    # Validate first (json's own message, with line and column); the span scan below then only
+    # ever sees well-formed JSON.
+    value = json.loads(text.lstrip("\ufeff"))
+    if not isinstance(value, dict):
         raise JsonShapeError(f"top-level JSON value is a {type(value).__name__}, not an object")
+    start = _skip_ws(text, 1 if text.startswith("\ufeff") else 0)
     data: dict = {}
     cells: list | None = None
     spans: list[tuple[int, int]] = []

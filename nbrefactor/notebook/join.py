@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -135,7 +136,9 @@ def _tidy(text: str) -> str:
 
 def _parses(source: str) -> tuple[bool, str | None, int | None]:
     try:
-        compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        with warnings.catch_warnings():  # the user's invalid escapes are not our business
+            warnings.simplefilter("ignore")
+            compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     except (SyntaxError, ValueError) as err:  # ValueError: null bytes
         return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
     return True, None, None
