@@ -14,6 +14,7 @@ launch, which CUDA they touch, what they return), so `model = build()` with `.cu
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -36,6 +37,7 @@ class Value:
 
 
 DATA_KINDS = ("dataset", "dataloader")
+PARAM = Value("param")  # a function parameter: unknown unless the call site says more
 
 # torch.cuda functions that create a CUDA context (or, for get_arch_list, poison fork).
 CUDA_INITIALISING = {
@@ -85,6 +87,7 @@ class LaunchPoint:
     function: str | None = None  # the launched notebook function (Fabric / notebook_launcher)
     handed: frozenset[str] = frozenset()  # global names handed to training
     inner: cst.Call | None = None  # the launch call inside `via`
+    direct: frozenset[str] = frozenset()  # names in the launch call's own arguments
 
 
 @dataclass
@@ -162,6 +165,7 @@ class NotebookFacts:
     datamodule_setups: list[tuple[cst.Call, str, int]]  # (call, datamodule name, statement)
     functions: dict[str, FunctionSummary]
     uses_fabric: bool = False
+    cpu_only_calls: set[int] = field(default_factory=set)  # ids of calls in a "no CUDA" branch
 
     @property
     def last_launch(self) -> int | None:
@@ -436,8 +440,16 @@ class _Analysis:
                     return f"`.to({_short(dev.value)})` moves memory to the GPU"
             if attr == "load_from_checkpoint" and N.call_arg(call, "map_location") is None:
                 return "`load_from_checkpoint()` without `map_location` restores GPU tensors"
-        if q in CHECKPOINT_LOADERS and N.call_arg(call, "map_location", 1) is None:
-            return f"`{N.dotted(func)}()` without `map_location` restores GPU tensors"
+        if q in CHECKPOINT_LOADERS or (isinstance(func, cst.Attribute) and func.attr.value == "load_from_checkpoint"):
+            where = N.call_arg(call, "map_location", 1 if q in CHECKPOINT_LOADERS else None)
+            if where is None and q in CHECKPOINT_LOADERS:
+                return f"`{N.dotted(func)}()` without `map_location` restores GPU tensors"
+            if where is not None and self.is_cuda_device(where.value, env):
+                return f"`{N.dotted(func) or 'load'}(map_location={_short(where.value)})` loads onto the GPU"
+        if isinstance(func, cst.Name) and func.value == "iter" and "iter" not in env and call.args:
+            loader = self.value_of(call.args[0].value, env)
+            if loader is not None and loader.kind == "dataloader" and _pins_memory(loader.node):
+                return "iterating a DataLoader with `pin_memory=True` pins memory through CUDA"
         if q is not None and q.startswith("torch."):
             dev = N.call_arg(call, "device")
             if dev is not None and self.is_cuda_device(dev.value, env):
@@ -474,9 +486,8 @@ class _Analysis:
             params += (node.params.star_kwarg.name.value,)
         scan = _Body()
         node.body.visit(scan)
-        local: dict[str, Value] = dict(self.env)
-        for p in params:
-            local.pop(p, None)
+        # Globals are looked up live (a function runs after the cells that follow its definition).
+        local = ChainMap({p: PARAM for p in params}, self.env)
         summary = FunctionSummary(node.name.value, node, params, set(), scan.calls, local)
         self._summaries[key] = summary
         for target, value in _walk_assignments(node.body):
@@ -516,9 +527,28 @@ class _Analysis:
         if summary is None or id(summary.node) in seen:
             return
         seen = seen | {id(summary.node)}
+        env_inside = summary.env
+        cuda_params = self.cuda_arguments(call, summary, env)
+        if cuda_params:
+            env_inside = summary.env.new_child({p: Value("cuda_device") for p in cuda_params})
         for inner in summary.calls:
-            for c, e, via in self.effects(inner, summary.env, seen):
+            for c, e, via in self.effects(inner, env_inside, seen):
                 yield c, e, via or summary.name
+
+    def cuda_arguments(self, call: cst.Call, summary: FunctionSummary, env) -> list[str]:
+        """Parameters of a notebook function that this call binds to a CUDA device."""
+        if not isinstance(summary.node, cst.FunctionDef):
+            return []
+        out = []
+        positional = [a for a in call.args if a.keyword is None and not a.star]
+        names = [p.name.value for p in summary.node.params.params]
+        for i, a in enumerate(positional):
+            if i < len(names) and self.is_cuda_device(a.value, env):
+                out.append(names[i])
+        for a in call.args:
+            if a.keyword is not None and a.keyword.value in summary.params and self.is_cuda_device(a.value, env):
+                out.append(a.keyword.value)
+        return out
 
     # -- launch points -------------------------------------------------------------------------
 
@@ -565,6 +595,7 @@ class _Analysis:
             st = Statement(node, index, cell, scan.binds, scan.loads, scan.calls)
             facts.statements.append(st)
             self.statement(st)
+        facts.cpu_only_calls = _cpu_only_calls(self.module)
         facts.uses_fabric = any(v.kind == "fabric" for v in self.env.values()) or any(
             c.kind == "fabric" for c in facts.constructors
         )
@@ -626,8 +657,7 @@ class _Analysis:
         for inner, inner_env, via in self.effects(call, env):
             if via is not None:
                 k = self.launch_kind(inner, inner_env)
-                if k is not None and kind is None:
-                    kind = "call"
+                if k is not None:
                     facts.launches.append(
                         self.launch_point(call, k, st.index, env, via=via, inner=inner, inner_env=inner_env)
                     )
@@ -668,9 +698,11 @@ class _Analysis:
             for a in at.args:
                 if a.keyword is not None and a.keyword.value in (*LAUNCH_DATA_KEYWORDS, "datamodule"):
                     handed |= _names_in(a.value)
+        direct = set(handed)
         if via is not None:
             handed |= self.functions[via].free_names if via in self.functions else set()
-        return LaunchPoint(call, kind, index, via, function, frozenset(handed), inner)
+            handed |= _names_in(call)  # what the notebook passes to the function that launches
+        return LaunchPoint(call, kind, index, via, function, frozenset(handed), inner, frozenset(direct))
 
     def constructor(self, call: cst.Call, env: dict[str, Value]) -> None:
         kind = self.class_kind(self.qname(call.func, env), env)
@@ -697,7 +729,8 @@ class _Analysis:
                 by_name.setdefault(n, []).append(d)
         # Where training happens: launch points, and top-level Fabric training, which consumes
         # the loaders its statement iterates.
-        consumers = [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
+        consumers = [(lp.statement, lp.direct, lp.kind) for lp in facts.launches]
+        consumers += [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
         consumers += [(t.statement, frozenset(facts.statements[t.statement].uses), "Fabric training") for t in facts.training]
         for at, handed, kind in consumers:
             todo = [(n, None) for n in handed]
@@ -781,7 +814,7 @@ def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> boo
     order = _ORDER_CACHE.get(id(root))
     if order is None or order.paths.get(id(first)) is None:
         order = _CallOrder()
-        root.visit(order)
+        (root.body if isinstance(root, (cst.FunctionDef, cst.ClassDef)) else root).visit(order)
         _ORDER_CACHE[id(root)] = order
     a, b = order.paths.get(id(first)), order.paths.get(id(then))
     if a is None or b is None:
@@ -811,6 +844,41 @@ def _inside(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
 
     outer.visit(V())
     return found
+
+
+def _cpu_only_calls(module: cst.Module) -> set[int]:
+    """Calls that run only when CUDA is absent: the `else` of `if torch.cuda.is_available():`
+    (or the body of `if not torch.cuda.is_available():`)."""
+    out: set[int] = set()
+
+    def probes(test: cst.BaseExpression) -> tuple[bool, bool]:
+        negated = isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
+        core = test.expression if negated else test
+        text = cst.Module([]).code_for_node(core)
+        return "is_available()" in text and "cuda" in text, negated
+
+    class Calls(cst.CSTVisitor):
+        def visit_Call(self, node: cst.Call) -> None:
+            out.add(id(node))
+
+    class V(cst.CSTVisitor):
+        def visit_If(self, node: cst.If) -> None:
+            is_probe, negated = probes(node.test)
+            if not is_probe:
+                return
+            branch = node.body if negated else node.orelse
+            if branch is not None:
+                branch.visit(Calls())
+
+    module.visit(V())
+    return out
+
+
+def _pins_memory(node: cst.CSTNode | None) -> bool:
+    if not isinstance(node, cst.Call):
+        return False
+    arg = N.call_arg(node, "pin_memory")
+    return arg is not None and isinstance(arg.value, cst.Name) and arg.value.value == "True"
 
 
 def _names_in(node: cst.CSTNode) -> set[str]:

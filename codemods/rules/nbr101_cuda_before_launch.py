@@ -102,6 +102,21 @@ trainer.fit(model)
 # %%
 model = model.cuda()
 """,
+        # Exclusive branches: load or train, and nothing launches after.
+        """
+import lightning as L
+
+def train_model():
+    trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+    if have_checkpoint:
+        model = Net.load_from_checkpoint("pretrained.ckpt")
+    else:
+        trainer.fit(model)
+        model = Net.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    return model
+
+model = train_model()
+""",
         # map_location given.
         """
 import torch
@@ -184,6 +199,36 @@ trainer2.test(model)
 """,
             at=(2, 1, 9),
             message_contains="map_location",
+        ),
+        # Peeking at a batch of a pinned-memory loader.
+        Invalid(
+            """
+import lightning as L
+from torch.utils.data import DataLoader
+loader = DataLoader(ds, batch_size=8, pin_memory=True)
+imgs, _ = next(iter(loader))
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model, loader)
+""",
+            at=(1, 4, 16),
+            message_contains="pin_memory",
+        ),
+        # A CUDA device handed to a notebook function that moves data with it.
+        Invalid(
+            """
+import torch
+import lightning as L
+device = torch.device("cuda")
+
+def plot(model, device):
+    x = torch.linspace(0, 1, 10).to(device)
+
+plot(model, device=device)
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model)
+""",
+            at=(1, 8, 1),
+            message_contains="plot()",
         ),
     ]
 

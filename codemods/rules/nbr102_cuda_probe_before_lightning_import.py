@@ -103,4 +103,5 @@ trainer.fit(model)
             if first_import is not None and probe.statement >= first_import:
                 continue
             if runs_before_a_launch(facts, probe):
-                yield Finding(probe.node, "`torch.cuda.is_available()` runs before Lightning is imported, which poisons fork for the training processes; import Lightning first")
+                via = f"`{probe.via}()` calls `torch.cuda.is_available()`, which" if probe.via else "`torch.cuda.is_available()`"
+                yield Finding(probe.node, f"{via} runs before Lightning is imported and poisons fork for the training processes; import Lightning first")

@@ -79,6 +79,18 @@ trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
 trainer.fit(model, datamodule=dm)
 """,
     ]
+    VALID.append(
+        # The DataModule that was set up is not the one handed to training.
+        """
+import lightning as L
+dm = MyDataModule()
+dm.setup()
+print(dm.num_classes)
+dm = MyDataModule()
+trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+trainer.fit(model, datamodule=dm)
+"""
+    )
     INVALID = [
         Invalid(
             """
@@ -127,6 +139,21 @@ trainer.fit(model, datamodule=dm)
             at=(1, 8, 1),
             message_contains="setup()",
         ),
+        Invalid(
+            """
+import lightning as L
+
+def run(train_data):
+    trainer = L.Trainer(accelerator="cuda", devices=2, strategy="ddp_notebook")
+    trainer.fit(model, train_data)
+# %%
+from torch.utils.data import DataLoader
+loader = DataLoader(ds, batch_size=8)
+run(train_data=loader)
+""",
+            at=(2, 2, 10),
+            message_contains="trainer.fit",
+        ),
     ]
 
     def check(self, facts):
@@ -137,6 +164,9 @@ trainer.fit(model, datamodule=dm)
             yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and reaches {where}{through}; build it inside the launched function or a `*_dataloader` hook")
         for call, name, statement in facts.datamodule_setups:
             lp = next((lp for lp in facts.launches if name in lp.handed and lp.statement >= statement), None)
-            if lp is not None:
+            rebound = lp is not None and any(
+                name in st.defines for st in facts.statements[statement + 1 : lp.statement + 1]
+            )
+            if lp is not None and not rebound:
                 method = call.func.attr.value
                 yield Finding(call, f"`{name}.{method}()` loads the data in the notebook process before `{lp.kind}`; let the Trainer call it in each process")

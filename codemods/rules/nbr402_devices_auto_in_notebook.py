@@ -12,8 +12,8 @@ class DevicesAutoInNotebook(Rule):
     """
     ## What it does
     Finds `Trainer(...)` and `Fabric(...)` with `devices="auto"` or without `devices`, unless the
-    accelerator is the CPU (or MPS/TPU), the old `gpus=` argument is given, or `**kwargs` may
-    carry it.
+    accelerator is the CPU (or MPS/TPU), the old `gpus=` argument is given, `**kwargs` may carry
+    it, or the call sits in the branch of `if torch.cuda.is_available():` that runs without CUDA.
 
     ## Why is this bad?
     Since Lightning 2.1, `devices="auto"` in an interactive session selects one GPU however many the
@@ -50,6 +50,15 @@ fabric = L.Fabric("cuda", "ddp_notebook", 2)
 old = L.Trainer(gpus=2)
 configured = L.Trainer(**config)
 """,
+        # The CPU branch of a CUDA check.
+        """
+import torch
+import lightning as L
+if torch.cuda.is_available():
+    trainer = L.Trainer(gpus=1)
+else:
+    trainer = L.Trainer(max_epochs=5)
+""",
     ]
     INVALID = [
         Invalid(
@@ -71,7 +80,7 @@ fabric = Fabric(accelerator="gpu", devices="auto")
 
     def check(self, facts):
         for c in facts.constructors:
-            if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node):
+            if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node) or id(c.node) in facts.cpu_only_calls:
                 continue
             owner = "Trainer" if c.kind == "trainer" else "Fabric"
             position = (2 if c.kind == "fabric" else None)
