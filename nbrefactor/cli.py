@@ -50,6 +50,7 @@ def main() -> None:
 
     \b
       nbrefactor check NOTEBOOK...   find fork-unsafe code (cell, line, rule code)
+      nbrefactor fix NOTEBOOK...     rewrite it into the fork-safe layout
       nbrefactor rules [CODE]        the rule catalogue
     """
 
@@ -133,6 +134,153 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, quiet,
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_FINDINGS if diagnostics and not exit_zero else EXIT_CLEAN)
+
+
+def _settings(isolated, select, extend_select, ignore, quiet):
+    from codemods.rules import ALL_RULES
+    from nbrefactor import config
+
+    settings = config.Settings() if isolated else config.load_settings(Path.cwd())
+    for w in settings.warnings:
+        _note(w, quiet)
+    known = [r.code for r in ALL_RULES]
+    if select:
+        settings.select = _codes(select)
+    settings.extend_select += _codes(extend_select)
+    settings.ignore += _codes(ignore)
+    for option, codes in (("--select", settings.select), ("--extend-select", settings.extend_select), ("--ignore", settings.ignore)):
+        config.validate_codes(codes, known, option)
+    return settings
+
+
+def _cell_diff(result) -> str:
+    """A unified diff per changed cell, headed `path:cell N` (numbers of the original notebook)."""
+    import difflib
+
+    before, after = result.before, result.after
+    out: list[str] = []
+    old_cells = [c for c in before.cells]
+    new_by_id = {}
+    # Cells keep their ids through a fix; match by id where there is one, else by position.
+    for c in after.cells:
+        new_by_id[c.id or f"#{c.index}"] = c
+    deleted = set(result.deleted_cells)
+    shift = 0
+    for c in old_cells:
+        if c.number in deleted:
+            new_source = ""
+            shift += 1
+        else:
+            key = c.id or f"#{c.index - shift}"
+            new = new_by_id.get(key)
+            new_source = new.source if new is not None else ""
+        if new_source == c.source:
+            continue
+        label = f"{before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
+        diff = difflib.unified_diff(
+            c.source.splitlines(True), new_source.splitlines(True), fromfile=label, tofile=label, lineterm="\n"
+        )
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
+        out.append(text)
+    return "".join(out)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff per changed cell and write nothing.")
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if something would change (for CI).")
+@click.option("--unsafe-fixes", is_flag=True, default=None, help="Also apply fixes that may change what the notebook computes.")
+@click.option("--devices", type=click.IntRange(min=1), help="Make `devices` explicit: N devices per Trainer/Fabric (NBR402).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the fixed notebook here (one input only).")
+@click.option("--select", multiple=True, help="Rule codes or prefixes to fix (comma-separated).")
+@click.option("--extend-select", multiple=True, help="Codes to add to the configured selection.")
+@click.option("--ignore", multiple=True, help="Rule codes or prefixes not to fix.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only what remains to fix.")
+@click.option("--isolated", is_flag=True, help="Ignore [tool.nbrefactor] in pyproject.toml.")
+def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, extend_select, ignore, quiet, isolated):
+    """Rewrite notebooks into the fork-safe layout.
+
+    Fabric: training into `def train(fabric)` + `fabric.launch(train)`, data and CUDA work inside
+    it. Safe fixes apply by default, unsafe ones with --unsafe-fixes. Only changed cells are
+    written (their outputs cleared); everything else in the file stays byte for byte.
+    Exit 0 when nothing remains to fix, 1 when findings remain (or, with --diff/--check, when
+    something would change), 2 on error.
+    """
+    from nbrefactor.discover import notebook_paths
+    from nbrefactor.fixer import fix_notebook
+    from nbrefactor.notebook.model import read_file, read_notebook
+    from nbrefactor.report import text_line
+    from nbrefactor.writer import fingerprint, write_atomically
+
+    if not paths:
+        paths = (".",)
+    settings = _settings(isolated, select, extend_select, ignore, quiet)
+    if unsafe_fixes is None:
+        unsafe_fixes = settings.unsafe_fixes
+    selection = settings.selection()
+    files, errors = notebook_paths(list(paths), settings.exclude)
+    for err in errors:
+        _error(err.one_line())
+    if output and len(files) != 1:
+        _error("-o/--output takes exactly one notebook")
+        sys.exit(EXIT_ERROR)
+    would_change = 0
+    remaining_total = 0
+    fixed_total = 0
+    for path in files:
+        try:
+            data = read_file(path)
+            notebook = read_notebook(path, data)
+            if not notebook.is_python:
+                _note(f"{notebook.path}: skipped, the kernel language is {notebook.language}", quiet)
+                continue
+            result = fix_notebook(notebook, unsafe_fixes=unsafe_fixes, devices=devices, selection=selection)
+            for line in result.refused:
+                _note(f"{notebook.path}: {line}", quiet)
+            if result.changed:
+                would_change += 1
+                fixed_total += len(list(_dedupe(result.changes)))
+                if show_diff:
+                    click.echo(_cell_diff(result), nl=False)
+                elif not check_only:
+                    write_atomically(output or path, result.fixed, None if output else fingerprint(data))
+                if not quiet and not show_diff:
+                    verb = "would fix" if check_only else "fixed"
+                    target = f" -> {output}" if output and not check_only else ""
+                    click.echo(f"{notebook.path}{target}: {verb}")
+                    for ch in _dedupe(result.changes):
+                        click.echo(f"  cell {ch.cell}: {ch.code} {ch.message}")
+            remaining = result.remaining
+            remaining_total += len(remaining)
+            for d in remaining:
+                click.echo(text_line(d))
+        except NotANotebook as err:
+            _note(f"{err.one_line()}; skipped", quiet)
+        except NotebookError as err:
+            errors.append(err)
+            _error(err.one_line())
+    if not quiet:
+        summary = []
+        if fixed_total:
+            summary.append(f"{fixed_total} change{'s' * (fixed_total != 1)} in {would_change} notebook{'s' * (would_change != 1)}" + (" (not written)" if show_diff or check_only else ""))
+        if remaining_total:
+            hint = "" if unsafe_fixes else " (some may need --unsafe-fixes or --devices N; see `nbrefactor rules CODE`)"
+            summary.append(f"{remaining_total} finding{'s' * (remaining_total != 1)} remain{'s' * (remaining_total == 1)}{hint}")
+        click.echo(("; ".join(summary) + ".") if summary else "Nothing to fix.", err=show_diff)
+    if errors:
+        sys.exit(EXIT_ERROR)
+    if show_diff or check_only:
+        sys.exit(EXIT_FINDINGS if would_change else EXIT_CLEAN)
+    sys.exit(EXIT_FINDINGS if remaining_total else EXIT_CLEAN)
+
+
+def _dedupe(changes):
+    seen = set()
+    for ch in changes:
+        key = (ch.code, ch.cell, ch.message)
+        if key not in seen:
+            seen.add(key)
+            yield ch
 
 
 @main.command()

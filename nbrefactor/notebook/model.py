@@ -54,22 +54,25 @@ class Notebook:
     def code_cells(self) -> list[Cell]:
         return [c for c in self.cells if c.cell_type == "code"]
 
-    def render(self, new_sources: dict[int, str]) -> str:
-        """The file content with the given cells' sources replaced (outputs of those cells cleared).
+    def render(self, new_sources: dict[int, str], deleted: set[int] = frozenset()) -> str:
+        """The file content with the given cells' sources replaced (outputs of those cells cleared)
+        and the `deleted` cells (indices) removed.
 
         Cells not named keep their bytes. With no real change the original text comes back.
         """
-        changed = {i: s for i, s in new_sources.items() if s != self.cells[i].source}
-        if not changed:
+        changed = {i: s for i, s in new_sources.items() if s != self.cells[i].source and i not in deleted}
+        if not changed and not deleted:
             return self.raw
         if self.read_only_reason:
             raise NotebookError(self.path, f"cannot write this notebook: {self.read_only_reason}")
         if self._ipynb is not None:
-            return ipynb.render(self._ipynb, [(c.index, changed.get(c.index, c.source)) for c in self.cells])
-        return _render_text(self, changed)
+            return ipynb.render(
+                self._ipynb, [(c.index, changed.get(c.index, c.source)) for c in self.cells if c.index not in deleted]
+            )
+        return _render_text(self, changed, deleted)
 
 
-def _render_text(nb: Notebook, changed: dict[int, str]) -> str:
+def _render_text(nb: Notebook, changed: dict[int, str], deleted: set[int] = frozenset()) -> str:
     import copy
 
     import jupytext
@@ -77,6 +80,7 @@ def _render_text(nb: Notebook, changed: dict[int, str]) -> str:
     node = copy.deepcopy(nb._jupytext_nb)
     for i, src in changed.items():
         node.cells[i].source = src
+    node.cells = [c for i, c in enumerate(node.cells) if i not in deleted]
     text = jupytext.writes(node, fmt=nb.format)
     if nb.raw.endswith("\n") and not text.endswith("\n"):
         text += "\n"

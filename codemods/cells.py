@@ -1,0 +1,88 @@
+"""Cell-aware editing of a notebook module's top-level statements.
+
+A notebook's cells are marked by `# %%` comment lines at column 0 (nbrefactor's own
+`# %% nbrefactor-cell N`, or jupytext's `# %%` in a `.py` percent notebook). libcst keeps such a
+line in the `leading_lines` of the first statement of the cell. A codemod that moves or removes that
+statement must leave the marker where it was, or the cell boundary moves with it (and markdown
+cells, which live between markers, would end up inside a function). Every structural codemod edits
+the body through `rebuild`, which keeps markers in place and lets each statement's own comments
+travel with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import libcst as cst
+
+MARKER_LINE = re.compile(r"^#\s?%%")
+
+
+def is_marker(line: cst.EmptyLine) -> bool:
+    return line.comment is not None and MARKER_LINE.match(line.comment.value) is not None
+
+
+def split_leading_lines(stmt: cst.CSTNode) -> tuple[list[cst.EmptyLine], list[cst.EmptyLine]]:
+    """(cell part, own part): everything up to the last cell marker stays with the cell; the
+    comments after it belong to the statement and travel with it."""
+    lines = list(getattr(stmt, "leading_lines", ()))
+    last = max((i for i, line in enumerate(lines) if is_marker(line)), default=-1)
+    return lines[: last + 1], lines[last + 1 :]
+
+
+def without_cell_part(stmt: cst.BaseStatement) -> cst.BaseStatement:
+    """The statement as it travels: its own comments, no cell markers."""
+    _, own = split_leading_lines(stmt)
+    return stmt.with_changes(leading_lines=own)
+
+
+@dataclass
+class Edit:
+    """What happens to one top-level statement: kept, removed (moved elsewhere), or replaced."""
+
+    replace_with: Sequence[cst.BaseStatement] | None = None
+    remove: bool = False
+
+
+@dataclass
+class BodyPlan:
+    edits: dict[int, Edit] = field(default_factory=dict)  # by statement index
+
+    def remove(self, index: int) -> None:
+        self.edits[index] = Edit(remove=True)
+
+    def replace(self, index: int, statements: Sequence[cst.BaseStatement]) -> None:
+        self.edits[index] = Edit(replace_with=list(statements))
+
+    def __bool__(self) -> bool:
+        return bool(self.edits)
+
+
+def rebuild(module: cst.Module, plan: BodyPlan) -> cst.Module:
+    """Apply `plan` to the module's top-level statements, keeping every cell marker in place.
+
+    A removed statement leaves its cell part behind; it is given to the next statement that stays
+    (or to the module footer), so the cell it opened is still there, possibly empty.
+    """
+    carry: list[cst.EmptyLine] = []
+    body: list[cst.BaseStatement] = []
+    for index, stmt in enumerate(module.body):
+        edit = plan.edits.get(index)
+        if edit is None:
+            if carry:
+                stmt = stmt.with_changes(leading_lines=[*carry, *stmt.leading_lines])
+                carry = []
+            body.append(stmt)
+            continue
+        cell_part, _ = split_leading_lines(stmt)
+        carry.extend(cell_part)
+        if edit.replace_with:
+            first, *rest = edit.replace_with
+            first = without_cell_part(first)  # the cell part is the one carried, not a copy
+            first = first.with_changes(leading_lines=[*carry, *first.leading_lines])
+            carry = []
+            body.extend([first, *rest])
+    footer = [*carry, *module.footer]
+    return module.with_changes(body=body, footer=footer)

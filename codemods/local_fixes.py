@@ -1,0 +1,131 @@
+"""Fixes that change one call or add one import: NBR401 (notebook strategy), NBR102 (import
+Lightning before the CUDA probe), NBR402 (explicit devices, only when the user names a count)."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from codemods import names as N
+from codemods.cells import BodyPlan, rebuild, without_cell_part
+from codemods.facts import NotebookFacts
+from codemods.rules.base import runs_before_a_launch
+from codemods.rules.nbr401_strategy_not_notebook_compatible import NOTEBOOK_EQUIVALENT, notebook_strategy
+from codemods.rules.nbr402_devices_auto_in_notebook import SINGLE_DEVICE_ACCELERATORS
+
+
+class _Replace(cst.CSTTransformer):
+    def __init__(self, replacements: dict[int, cst.CSTNode]):
+        self.replacements = replacements
+
+    def on_leave(self, original, updated):
+        return self.replacements.get(id(original), updated)
+
+
+def _quoted(original: cst.SimpleString, value: str) -> cst.SimpleString:
+    quote = original.quote
+    return cst.SimpleString(f"{original.prefix}{quote}{value}{quote}")
+
+
+def notebook_strategies(facts: NotebookFacts) -> tuple[dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
+    """NBR401: `ddp`/`ddp_spawn` -> `ddp_notebook`; `DDPStrategy(...)` gets `start_method="fork"`."""
+    replacements: dict[int, cst.CSTNode] = {}
+    changes = []
+    for c in facts.constructors:
+        if c.kind == "ddp_strategy":
+            start = N.call_arg(c.node, "start_method")
+            if start is None:
+                new_args = [*c.node.args]
+                if new_args:
+                    new_args[-1] = new_args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+                new_args.append(cst.Arg(cst.SimpleString('"fork"'), keyword=cst.Name("start_method"),
+                                        equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
+                replacements[id(c.node)] = c.node.with_changes(args=new_args)
+                changes.append(("NBR401", c.node, 'DDPStrategy(...) now forks: start_method="fork"'))
+            elif isinstance(start.value, cst.SimpleString) and N.string_value(start.value) in ("spawn", "popen", "forkserver"):
+                replacements[id(start.value)] = _quoted(start.value, "fork")
+                changes.append(("NBR401", c.node, f"DDPStrategy start method {N.string_value(start.value)!r} -> 'fork'"))
+            continue
+        arg = N.call_arg(c.node, "strategy", 1 if c.kind == "fabric" else None)
+        if arg is None or not isinstance(arg.value, cst.SimpleString):
+            continue
+        strategy = N.string_value(arg.value)
+        if strategy is None or not (strategy in NOTEBOOK_EQUIVALENT or strategy.startswith(("deepspeed", "fsdp"))):
+            continue
+        new = notebook_strategy(strategy)
+        if new is None or (c.kind == "fabric" and "find_unused" in new):
+            continue  # reported; no fork-based equivalent to write
+        replacements[id(arg.value)] = _quoted(arg.value, new)
+        changes.append(("NBR401", c.node, f"strategy {strategy!r} -> {new!r}"))
+    return replacements, changes
+
+
+def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
+    """NBR402 with `--devices N`: `devices="auto"` or no devices -> `devices=N`."""
+    replacements: dict[int, cst.CSTNode] = {}
+    changes = []
+    for c in facts.constructors:
+        if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node) or id(c.node) in facts.cpu_only_calls:
+            continue
+        accelerator = N.call_arg(c.node, "accelerator", 0 if c.kind == "fabric" else None)
+        if (N.string_value(accelerator.value) if accelerator is not None else "auto") in SINGLE_DEVICE_ACCELERATORS:
+            continue
+        if N.call_arg(c.node, "gpus") is not None:
+            continue
+        arg = N.call_arg(c.node, "devices", 2 if c.kind == "fabric" else None)
+        if arg is None:
+            new_args = [*c.node.args]
+            if new_args:
+                new_args[-1] = new_args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+            new_args.append(cst.Arg(cst.Integer(str(devices)), keyword=cst.Name("devices"),
+                                    equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
+            replacements[id(c.node)] = c.node.with_changes(args=new_args)
+        elif N.string_value(arg.value) == "auto":
+            replacements[id(arg.value)] = cst.Integer(str(devices))
+        else:
+            continue
+        changes.append(("NBR402", c.node, f"devices={devices}"))
+    return replacements, changes
+
+
+def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
+    """NBR102: import Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK=1) just before the first
+    top-level statement that probes CUDA before Lightning is imported."""
+    plan = BodyPlan()
+    first = facts.lightning_import
+    probes = [p for p in facts.cuda_probes if (first is None or p.statement < first) and runs_before_a_launch(facts, p)]
+    if not probes:
+        return plan, []
+    index = min(p.statement for p in probes)
+    package = _lightning_package(facts)
+    if package is None:
+        line = 'import os; os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # keeps torch.cuda.is_available() fork-safe\n'
+    else:
+        line = f"import {package}  # sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so the CUDA probe below stays fork-safe\n"
+    stmt = facts.statements[index].node
+    plan.replace(index, [cst.parse_statement(line), without_cell_part(stmt)])
+    return plan, [("NBR102", facts.statements[index].cell, f"imported {package or 'the NVML check'} before the CUDA probe")]
+
+
+def _lightning_package(facts: NotebookFacts) -> str | None:
+    for st in facts.statements:
+        node = st.node
+        if not isinstance(node, cst.SimpleStatementLine):
+            continue
+        for small in node.body:
+            if isinstance(small, cst.Import):
+                for alias in small.names:
+                    top = (N.dotted(alias.name) or "").split(".")[0]
+                    if top in N.LIGHTNING_PACKAGES:
+                        return top
+            elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
+                top = (N.dotted(small.module) or "").split(".")[0]
+                if top in N.LIGHTNING_PACKAGES:
+                    return top
+    return None
+
+
+def apply_replacements(module: cst.Module, replacements: dict[int, cst.CSTNode]) -> cst.Module:
+    return module.visit(_Replace(replacements)) if replacements else module
+
+
+__all__ = ["apply_replacements", "explicit_devices", "lightning_before_probe", "notebook_strategies", "rebuild"]

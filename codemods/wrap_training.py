@@ -1,0 +1,468 @@
+"""Fabric: move the training region into `def train(fabric)` and launch it (NBR301, NBR302, and
+NBR201/NBR101 for Fabric notebooks).
+
+The layout it writes is the *Good* example of Lightning's "Fabric in Notebooks" page:
+
+    def train(fabric):          # in the cell where the training region started
+        <data, model, set-up, loop: the region's statements, in their order>
+        if fabric.global_rank == 0:
+            torch.save({"losses": losses, "model": model.module}, "train_results.pt")
+
+    fabric.launch(train)        # where the region ended
+    train_results = torch.load("train_results.pt", map_location="cpu", weights_only=False)
+    losses, model = train_results["losses"], train_results["model"]
+
+What stays at top level: imports, functions, classes, constants and the `Fabric(...)` itself.
+Names the notebook reads after training come back through a file written by rank 0, never through
+`launch`'s return value (tensors fail there, and anything over ~64 KiB deadlocks the pipe). Cells
+that explore the data before training keep working: the data they read is built by a top-level
+factory (`make_dataset()`), called once for the notebook and once in each training process.
+`print` in moved code becomes `fabric.print`, so the output appears once, as before.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from codemods import names as N
+from codemods.cells import BodyPlan, rebuild, without_cell_part
+from codemods.facts import NotebookFacts, Statement
+from codemods.rules.base import runs_before_a_launch
+
+RESULTS_FILE = "train_results.pt"
+_MAGIC = re.compile(r"^__nbrefactor_magic_\d+__$")
+
+
+@dataclass
+class Outcome:
+    module: cst.Module
+    changes: list[tuple[str, int, str]] = field(default_factory=list)  # (code, cell index, message)
+    refused: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifying top-level statements
+
+
+def _is_constant(expr: cst.BaseExpression) -> bool:
+    """Literals and names combined by operators: safe to leave at top level."""
+    if isinstance(expr, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString, cst.ConcatenatedString, cst.Name, cst.Attribute, cst.Lambda)):
+        return True
+    if isinstance(expr, (cst.Tuple, cst.List, cst.Set)):
+        return all(_is_constant(e.value) for e in expr.elements)
+    if isinstance(expr, cst.Dict):
+        return all(isinstance(e, cst.DictElement) and _is_constant(e.key) and _is_constant(e.value) for e in expr.elements)
+    if isinstance(expr, cst.UnaryOperation):
+        return _is_constant(expr.expression)
+    if isinstance(expr, cst.BinaryOperation):
+        return _is_constant(expr.left) and _is_constant(expr.right)
+    return False
+
+
+def is_definition(st: Statement, facts: NotebookFacts) -> bool:
+    """Imports, functions, classes, constants, the Fabric object, magics: they stay at top level."""
+    node = st.node
+    if isinstance(node, (cst.FunctionDef, cst.ClassDef)):
+        return True
+    if not isinstance(node, cst.SimpleStatementLine):
+        return False
+    for small in node.body:
+        if isinstance(small, (cst.Import, cst.ImportFrom, cst.Pass)):
+            continue
+        if isinstance(small, cst.Expr) and (
+            isinstance(small.value, (cst.SimpleString, cst.ConcatenatedString))
+            or (isinstance(small.value, cst.Name) and _MAGIC.match(small.value.value))
+        ):
+            continue
+        if isinstance(small, (cst.Assign, cst.AnnAssign)) and small.value is not None:
+            value = small.value
+            if _is_constant(value):
+                continue
+            if isinstance(value, cst.Call):
+                q = _qname(value.func, facts)
+                if q == N.FABRIC:
+                    continue
+            targets = [t.target for t in small.targets] if isinstance(small, cst.Assign) else [small.target]
+            if all(isinstance(t, cst.Subscript) and "environ" in cst.Module([]).code_for_node(t.value) for t in targets):
+                continue
+        return False
+    return True
+
+
+def _qname(expr: cst.BaseExpression, facts: NotebookFacts) -> str | None:
+    if isinstance(expr, cst.Name):
+        v = facts.env.get(expr.value)
+        return v.qname if v is not None and v.kind in ("module", "class") else None
+    if isinstance(expr, cst.Attribute):
+        head = _qname(expr.value, facts)
+        return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
+    return None
+
+
+def _module_alias(facts: NotebookFacts, qname: str) -> str | None:
+    for name, v in facts.env.items():
+        if v.kind == "module" and v.qname == qname:
+            return name
+    return None
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    return candidate
+
+
+class _PrintToFabric(cst.CSTTransformer):
+    """`print(...)` -> `fabric.print(...)`: rank 0 prints, once, as the notebook did."""
+
+    def __init__(self, fabric: str):
+        self.fabric = fabric
+        self.count = 0
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        if isinstance(updated.func, cst.Name) and updated.func.value == "print":
+            self.count += 1
+            return updated.with_changes(func=cst.Attribute(cst.Name(self.fabric), cst.Name("print")))
+        return updated
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The codemod
+
+
+def wrap_training(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
+    module = facts.module
+    out = Outcome(module)
+    launches = [lp for lp in facts.launches if lp.kind == "fabric.launch" and lp.via is None]
+    top_training = sorted({t.statement for t in facts.training})
+    fabric_constructions = [
+        st for st in facts.statements
+        for t, v in _assign_pairs(st.node)
+        if isinstance(v, cst.Call) and _qname(v.func, facts) == N.FABRIC
+    ]
+    no_function = [lp for lp in launches if not _launch_function(lp.node) or isinstance(N.call_arg(lp.node, "function", 0).value, cst.Call)]
+    if not launches and not top_training:
+        return out
+    if len(launches) > 1 or len(fabric_constructions) > 1:
+        where = ", ".join(f"cell {facts.statements[lp.statement].cell + 1}" for lp in launches) if len(launches) > 1 else \
+            ", ".join(f"cell {st.cell + 1}" for st in fabric_constructions)
+        what = "launches" if len(launches) > 1 else "Fabric objects"
+        out.refused.append(f"not rewritten: the notebook has several {what} ({where}); wrap each training run into its own function by hand")
+        return out
+    fabric_name = _fabric_name(fabric_constructions, launches, facts)
+    if fabric_name is None:
+        return out
+    launch = launches[0] if launches else None
+    existing = None if launch is None or launch in no_function else _launch_function(launch.node)
+
+    hazards = _hazard_statements(facts, launch)
+    if existing is not None:
+        return _move_into_existing(facts, out, launch, existing, hazards, fabric_name, allow_unsafe)
+    return _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_unsafe)
+
+
+def _assign_pairs(node: cst.CSTNode):
+    if isinstance(node, cst.SimpleStatementLine):
+        for small in node.body:
+            if isinstance(small, cst.Assign):
+                for t in small.targets:
+                    yield t.target, small.value
+
+
+def _launch_function(call: cst.Call) -> str | None:
+    arg = N.call_arg(call, "function", 0)
+    return arg.value.value if arg is not None and isinstance(arg.value, cst.Name) else None
+
+
+def _fabric_name(constructions: list[Statement], launches, facts: NotebookFacts) -> str | None:
+    for st in constructions:
+        for target, _ in _assign_pairs(st.node):
+            if isinstance(target, cst.Name):
+                return target.value
+    for lp in launches:
+        if isinstance(lp.node.func, cst.Attribute) and isinstance(lp.node.func.value, cst.Name):
+            return lp.node.func.value.value
+    return None
+
+
+def _hazard_statements(facts: NotebookFacts, launch) -> dict[int, list[str]]:
+    """Top-level statements that build data reaching training or touch CUDA before the launch,
+    with the rule codes they answer."""
+    out: dict[int, list[str]] = {}
+    for d in facts.data:
+        out.setdefault(d.statement, []).append("NBR201")
+    for use in facts.cuda:
+        if use.via is None and (launch is None or runs_before_a_launch(facts, use)):
+            out.setdefault(use.statement, []).append("NBR101")
+    return out
+
+
+def _used_outside(facts: NotebookFacts, names: set[str], inside: set[int], also: set[str] = frozenset()) -> set[str]:
+    """Which of `names` are read by top-level statements other than those in `inside`."""
+    used: set[str] = set()
+    for st in facts.statements:
+        if st.index in inside:
+            continue
+        used |= st.uses & names
+    return used - set(also)
+
+
+def _movable(facts, index, moved_set, allow_unsafe) -> bool:
+    """A hazard moves by default when nothing else at top level reads what it defines."""
+    if allow_unsafe:
+        return True
+    defined = facts.statements[index].defines
+    return not _used_outside(facts, defined, moved_set | {index})
+
+
+def _closure(facts: NotebookFacts, seeds: list[int], upto: int) -> list[int]:
+    """Statements after the first seed (and up to `upto`) that read what moved statements define:
+    they must move too, unless they only look (exploration, handled separately)."""
+    moved = set(seeds)
+    defined = set().union(*(facts.statements[i].defines for i in moved)) if moved else set()
+    for st in facts.statements[min(seeds) if seeds else 0 : upto + 1]:
+        if st.index in moved or is_definition(st, facts):
+            continue
+        if st.uses & defined:
+            moved.add(st.index)
+            defined |= st.defines
+    return sorted(moved)
+
+
+def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_training: set[str], training: set[int]) -> tuple[list[int], list[int]]:
+    """(moved, exploration): statements that only look at the data (define nothing training reads,
+    do no training and touch no CUDA) stay at top level."""
+    hazard_cuda = {u.statement for u in facts.cuda}
+    keep_out: list[int] = []
+    later_uses: set[str] = set(needed_by_training)
+    for i in reversed(moved):
+        st = facts.statements[i]
+        if i in training or i in hazard_cuda or (st.defines & later_uses) or any(d.statement == i for d in facts.data):
+            later_uses |= st.uses
+            continue
+        keep_out.append(i)
+    keep_out.reverse()
+    return [i for i in moved if i not in keep_out], keep_out
+
+
+def _factory_for(facts: NotebookFacts, exploration: list[int], moved: list[int]) -> list[int]:
+    """The moved statements the exploration cells need at top level (their data, transitively)."""
+    needed: set[str] = set().union(*(facts.statements[i].uses for i in exploration)) if exploration else set()
+    factory: list[int] = []
+    for i in reversed(moved):
+        st = facts.statements[i]
+        if st.defines & needed and i < max(exploration, default=-1):
+            factory.append(i)
+            needed |= st.uses
+    return sorted(factory)
+
+
+def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_unsafe) -> Outcome:
+    end_candidates = list(top_training) + ([launch.statement] if launch else [])
+    end = max(end_candidates)
+    start_candidates = list(top_training) + ([launch.statement + 1] if launch else [])
+    start = min(start_candidates)
+    # Hazards before the region join it when they may move.
+    early = [i for i in hazards if i < start]
+    region = [
+        st.index for st in facts.statements[start : end + 1]
+        if not is_definition(st, facts) and (launch is None or st.index != launch.statement)
+    ]
+    movable_early = [i for i in early if _movable(facts, i, set(region) | set(early), allow_unsafe)]
+    moved = _closure(facts, sorted(set(region) | set(movable_early)), end)
+    moved = [i for i in moved if launch is None or i != launch.statement]
+    if not moved:
+        return out
+    training = set(top_training)
+    moved, exploration = _split_exploration(facts, moved, set(), training)
+    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end)
+
+
+def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allow_unsafe) -> Outcome:
+    summary = facts.functions.get(function)
+    if summary is None:
+        return out
+    seeds = [i for i in sorted(hazards) if i < launch.statement and _movable(facts, i, set(hazards), allow_unsafe)]
+    if not seeds:
+        return out
+    moved = _closure(facts, seeds, launch.statement - 1)
+    moved, exploration = _split_exploration(facts, moved, set(summary.free_names), set())
+    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function)
+
+
+def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None) -> Outcome:
+    module = facts.module
+    statements = facts.statements
+    factory = _factory_for(facts, exploration, moved)
+    after = (launch.statement if launch else end) if new_function else launch.statement
+    after_launch = {st.index for st in statements if st.index > (end if new_function else launch.statement)}
+    moved_set = set(moved)
+    defined_in_train = set().union(*(statements[i].defines for i in moved)) if moved else set()
+    factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
+    used_after = set()
+    for i in sorted(after_launch):
+        if i in moved_set:
+            continue
+        used_after |= statements[i].uses
+    come_back = sorted((defined_in_train & used_after) - factory_names - {fabric_name})
+    taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
+
+    torch_alias = _module_alias(facts, "torch")
+    extra_imports: list[cst.BaseStatement] = []
+    if come_back and torch_alias is None:
+        torch_alias = "torch"
+        extra_imports.append(cst.parse_statement("import torch\n"))
+
+    # The factory for exploration cells.
+    factory_name = None
+    factory_call_line = None
+    if factory:
+        produced = sorted(n for n in factory_names if n != "_")
+        first = next(iter(produced), "data")
+        factory_name = _fresh(f"make_{first}", taken)
+        taken.add(factory_name)
+        targets = ", ".join(produced)
+        body = [without_cell_part(statements[i].node) for i in factory]
+        ret = cst.parse_statement(f"return {targets}\n")
+        factory_def = cst.FunctionDef(
+            name=cst.Name(factory_name),
+            params=cst.Parameters(),
+            body=cst.IndentedBlock(body=[*body, ret]),
+            leading_lines=[],
+        )
+        factory_call_line = f"{targets} = {factory_name}()\n"
+
+    # The statements that will run in the training processes, in order.
+    train_body: list[cst.BaseStatement] = []
+    to_fabric_print = _PrintToFabric(fabric_name)
+    factory_done = False
+    for i in moved:
+        if i in factory:
+            if not factory_done:
+                train_body.append(cst.parse_statement(factory_call_line))
+                factory_done = True
+            continue
+        stmt = without_cell_part(statements[i].node)
+        train_body.append(stmt.visit(to_fabric_print))
+    if factory and not factory_done:
+        train_body.insert(0, cst.parse_statement(factory_call_line))
+
+    # What the notebook reads after training comes back through a file written by rank 0.
+    save_items = []
+    setups = _fabric_setup_kinds(facts, moved)
+    for name in come_back:
+        kind = setups.get(name)
+        value = f"{name}.module" if kind == "module" else f"{name}.optimizer" if kind == "optimizer" else name
+        save_items.append(f'"{name}": {value}')
+    if come_back:
+        save = cst.parse_statement(
+            f"if {fabric_name}.global_rank == 0:\n"
+            f"    {torch_alias}.save({{{', '.join(save_items)}}}, \"{RESULTS_FILE}\")\n"
+        )
+        train_body.append(save.with_changes(leading_lines=[
+            cst.EmptyLine(comment=cst.Comment("# The notebook reads these after training: rank 0 hands them back through a file.")),
+        ]))
+
+    plan = BodyPlan()
+    changes = []
+    first_moved = moved[0]
+    cells_moved = sorted({statements[i].cell for i in moved})
+    if new_function:
+        train_name = _fresh("train", taken)
+        fn = cst.FunctionDef(
+            name=cst.Name(train_name),
+            params=cst.Parameters(params=[cst.Param(cst.Name(fabric_name))]),
+            body=cst.IndentedBlock(body=train_body or [cst.SimpleStatementLine([cst.Pass()])]),
+        )
+        launch_lines = [cst.parse_statement(f"{fabric_name}.launch({train_name})\n")]
+        if come_back:
+            results = _fresh("train_results", taken)
+            launch_lines.append(cst.parse_statement(
+                f'{results} = {torch_alias}.load("{RESULTS_FILE}", map_location="cpu", weights_only=False)\n'
+            ))
+            lhs = ", ".join(come_back)
+            rhs = ", ".join(f'{results}["{n}"]' for n in come_back)
+            launch_lines.append(cst.parse_statement(f"{lhs} = {rhs}\n"))
+        last_moved = moved[-1]
+        launch_at = max(last_moved, launch.statement if launch else last_moved)
+        for i in moved:
+            plan.remove(i)
+        if launch is not None:
+            plan.remove(launch.statement)
+        head = [*extra_imports]
+        if factory:
+            head += [factory_def, cst.parse_statement(factory_call_line)]
+        if launch_at == first_moved:
+            plan.replace(first_moved, [*head, fn, *launch_lines])
+        else:
+            plan.replace(first_moved, [*head, fn])
+            plan.replace(launch_at, launch_lines)
+        codes = sorted({"NBR302"} | ({"NBR301"} if launch is not None else set()) | {c for i in moved for c in hazards.get(i, [])})
+        changes.append((codes[0] if "NBR301" not in codes else "NBR301", statements[first_moved].cell,
+                        f"moved {len(moved)} statement{'s' * (len(moved) != 1)} from {_cells(cells_moved)} into {train_name}({fabric_name}) and launched it"))
+    else:
+        fn_index = next(st.index for st in statements if isinstance(st.node, cst.FunctionDef) and st.node.name.value == function)
+        fn_node = statements[fn_index].node
+        new_fn = fn_node.with_changes(body=fn_node.body.with_changes(body=[*train_body, *fn_node.body.body]))
+        for i in moved:
+            plan.remove(i)
+        if factory:
+            plan.replace(factory[0], [*extra_imports, factory_def, cst.parse_statement(factory_call_line)])
+        plan.replace(fn_index, [new_fn])
+        if come_back:
+            results = _fresh("train_results", taken)
+            launch_stmt = statements[launch.statement].node
+            plan.replace(launch.statement, [
+                launch_stmt,
+                cst.parse_statement(f'{results} = {torch_alias}.load("{RESULTS_FILE}", map_location="cpu", weights_only=False)\n'),
+                cst.parse_statement(f"{', '.join(come_back)} = {', '.join(f'{results}[{n!r}]' for n in come_back)}\n"),
+            ])
+    for i in moved:
+        for code in hazards.get(i, []):
+            what = "built the data" if code == "NBR201" else "deferred the CUDA work"
+            changes.append((code, statements[i].cell, f"{what} of cell {statements[i].cell + 1} inside {function or 'train'}({fabric_name})"))
+    if factory:
+        changes.append(("NBR201", statements[factory[0]].cell, f"exploration cells read the data through {factory_name}(), which each training process also calls"))
+    if come_back:
+        changes.append(("NBR302", statements[moved[-1]].cell, f"rank 0 saves {', '.join(come_back)} to {RESULTS_FILE}; the notebook loads them after training"))
+    if to_fabric_print.count:
+        changes.append(("NBR302", statements[first_moved].cell, f"{to_fabric_print.count} print call{'s' * (to_fabric_print.count != 1)} became {fabric_name}.print (rank 0 prints once)"))
+    out.module = rebuild(module, plan)
+    out.changes.extend(changes)
+    return out
+
+
+def _cells(cells: list[int]) -> str:
+    numbers = [c + 1 for c in cells]
+    if len(numbers) == 1:
+        return f"cell {numbers[0]}"
+    return f"cells {numbers[0]}-{numbers[-1]}"
+
+
+def _fabric_setup_kinds(facts: NotebookFacts, moved: list[int]) -> dict[str, str]:
+    """Names bound from `fabric.setup*` in the moved code: "module" or "optimizer"."""
+    kinds: dict[str, str] = {}
+    for i in moved:
+        for target, value in _assign_pairs(facts.statements[i].node):
+            if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute)):
+                continue
+            method = value.func.attr.value
+            names = [e.value.value for e in target.elements if isinstance(e.value, cst.Name)] if isinstance(target, (cst.Tuple, cst.List)) else \
+                [target.value] if isinstance(target, cst.Name) else []
+            if method == "setup" and names:
+                kinds[names[0]] = "module"
+                for n in names[1:]:
+                    kinds[n] = "optimizer"
+            elif method == "setup_module":
+                kinds.update({n: "module" for n in names})
+            elif method == "setup_optimizers":
+                kinds.update({n: "optimizer" for n in names})
+    return kinds

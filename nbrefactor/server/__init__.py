@@ -1,0 +1,30 @@
+"""The jupyter_server extension behind JupyterLab's "Make multi-GPU safe" command.
+
+Enabled on install by `jupyter-config/jupyter_server_config.d/nbrefactor.json` (installed into
+`etc/jupyter/jupyter_server_config.d/`); no `jupyter server extension enable` needed. It adds:
+
+    GET  {base_url}nbrefactor/version   what this server offers (the frontend pings it first)
+    POST {base_url}nbrefactor/check     notebook JSON -> diagnostics
+    POST {base_url}nbrefactor/fix       notebook JSON -> fixed notebook, changes, summary, diff
+
+The notebook travels in the request: nothing is read from or written to disk, so the command works
+on the notebook as it is open in Lab (unsaved edits included) and the user saves when they choose.
+Needs the `lab` extra (`jupyter_server`); importing `nbrefactor` itself never imports this package.
+"""
+
+from __future__ import annotations
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "nbrefactor.server"}]
+
+
+def _load_jupyter_server_extension(server_app) -> None:
+    from nbrefactor.server.handlers import setup_handlers
+
+    setup_handlers(server_app.web_app)
+    server_app.log.info("nbrefactor: server extension loaded (/nbrefactor/check, /nbrefactor/fix)")
+
+
+# The name jupyter_server used before 2.0; kept so an older server loads the extension too.
+load_jupyter_server_extension = _load_jupyter_server_extension

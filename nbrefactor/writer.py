@@ -1,0 +1,46 @@
+"""Write a fixed notebook: all or nothing, and never over a file that changed since it was read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from nbrefactor.errors import NotebookError
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: str | os.PathLike, text: str, expected: str | None = None) -> None:
+    """Replace `path` with `text` in one step (temporary file + rename, mode kept).
+
+    `expected` is the fingerprint of the bytes that were read; if the file on disk no longer has
+    it (an editor saved meanwhile), nothing is written.
+    """
+    target = Path(path)
+    data = text.encode("utf-8")
+    try:
+        if expected is not None and target.exists() and fingerprint(target.read_bytes()) != expected:
+            raise NotebookError(path, "changed on disk while nbrefactor was working; nothing written, run it again")
+        mode = target.stat().st_mode & 0o7777 if target.exists() else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".nbrefactor", dir=target.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            if target.exists() and not os.access(target, os.W_OK):
+                raise NotebookError(path, "read-only file; nothing written")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except PermissionError:
+        raise NotebookError(path, "permission denied; nothing written") from None
+    except OSError as err:
+        raise NotebookError(path, f"could not write: {err.strerror or err}; nothing written") from None
