@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
-from codemods.cells import BodyPlan, rebuild, without_cell_part
+from codemods.cells import BodyPlan, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement
 from codemods.rules.base import runs_before_a_launch
 
@@ -48,13 +48,12 @@ class Outcome:
 
 
 def _is_constant(expr: cst.BaseExpression) -> bool:
-    """Literals and names combined by operators: safe to leave at top level."""
+    """Immutable literals and names combined by operators: safe to leave at top level. Lists,
+    dicts and sets are not: training code appends to them."""
     if isinstance(expr, (cst.Integer, cst.Float, cst.Imaginary, cst.SimpleString, cst.ConcatenatedString, cst.Name, cst.Attribute, cst.Lambda)):
         return True
-    if isinstance(expr, (cst.Tuple, cst.List, cst.Set)):
+    if isinstance(expr, cst.Tuple):
         return all(_is_constant(e.value) for e in expr.elements)
-    if isinstance(expr, cst.Dict):
-        return all(isinstance(e, cst.DictElement) and _is_constant(e.key) and _is_constant(e.value) for e in expr.elements)
     if isinstance(expr, cst.UnaryOperation):
         return _is_constant(expr.expression)
     if isinstance(expr, cst.BinaryOperation):
@@ -243,9 +242,21 @@ def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_trainin
     hazard_cuda = {u.statement for u in facts.cuda}
     keep_out: list[int] = []
     later_uses: set[str] = set(needed_by_training)
+    defined_before: dict[int, set[str]] = {}
+    acc: set[str] = set()
+    for i in moved:
+        defined_before[i] = set(acc)
+        acc |= facts.statements[i].defines
     for i in reversed(moved):
         st = facts.statements[i]
-        if i in training or i in hazard_cuda or (st.defines & later_uses) or any(d.statement == i for d in facts.data):
+        looks_at_moved_data = bool(st.uses & defined_before[i])
+        if (
+            not looks_at_moved_data
+            or i in training
+            or i in hazard_cuda
+            or (st.defines & later_uses)
+            or any(d.statement == i for d in facts.data)
+        ):
             later_uses |= st.uses
             continue
         keep_out.append(i)
@@ -374,6 +385,11 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     plan = BodyPlan()
     changes = []
     first_moved = moved[0]
+    if factory:
+        factory_def = factory_def.with_changes(leading_lines=[cst.EmptyLine()])
+        factory_call = cst.parse_statement(factory_call_line).with_changes(leading_lines=[cst.EmptyLine()])
+    else:
+        factory_call = None
     cells_moved = sorted({statements[i].cell for i in moved})
     if new_function:
         train_name = _fresh("train", taken)
@@ -399,7 +415,9 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
             plan.remove(launch.statement)
         head = [*extra_imports]
         if factory:
-            head += [factory_def, cst.parse_statement(factory_call_line)]
+            head += [factory_def, factory_call]
+        if head or not split_leading_lines(statements[first_moved].node)[0]:
+            fn = fn.with_changes(leading_lines=[cst.EmptyLine()])
         if launch_at == first_moved:
             plan.replace(first_moved, [*head, fn, *launch_lines])
         else:
@@ -415,7 +433,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         for i in moved:
             plan.remove(i)
         if factory:
-            plan.replace(factory[0], [*extra_imports, factory_def, cst.parse_statement(factory_call_line)])
+            plan.replace(factory[0], [*extra_imports, factory_def, factory_call])
         plan.replace(fn_index, [new_fn])
         if come_back:
             results = _fresh("train_results", taken)

@@ -207,6 +207,8 @@ def split_example(text: str) -> list[tuple[str, str]]:
             cells.append((kind, []))
             continue
         if not cells:
+            if not stripped:
+                continue  # blank lines before the first cell
             cells.append(("code", []))
         cells[-1][1].append(line)
     out = []

@@ -1,0 +1,590 @@
+"""What runs inside the notebook's kernel before the first cell.
+
+The runner loads this file into the kernel by path (`load_source`) and calls `install`. From then on:
+
+- **Overrides.** Every `Trainer(...)` and `Fabric(...)` the notebook builds gets the requested
+  accelerator and devices and a fork strategy (`ddp_notebook`), whatever the notebook passed:
+  `PL_TRAINER_*` only fills arguments the code left out, so the constructors are wrapped instead.
+  `--smoke` also caps the work (a few batches, one epoch) so the proof takes seconds.
+- **Tracer.** The first call that initialises CUDA (`torch.cuda._lazy_init`, reached by `.cuda()`,
+  `.to("cuda")`, `torch.cuda.current_device()`...) or queries the device count the way that poisons
+  fork (`torch._C._cuda_getDeviceCount`) is recorded with the cell and line that made it.
+- **Fork probe.** Before each launch point forks, a throwaway child checks that CUDA would still
+  work after fork (notes: research-lightning.md 2.9). A broken fork stops the launch with a message
+  naming the traced cell and line, instead of children that crash or hang.
+- **Rank records.** Each forked child writes what it did (rank, pid, returned, finished, or its
+  exception with the traceback mapped to cells) into the run folder: the count of ranks in the
+  report is what the children say, not what was asked for.
+
+Patches are applied when the notebook itself imports torch or Lightning (an import hook), so the
+notebook's own import order is kept: importing Lightning early would set
+`PYTORCH_NVML_BASED_CUDA_CHECK` and hide an NBR102 problem. Only the standard library is imported
+here. Everything the kernel reports goes to files in the run folder, so the runner can read it even
+when the kernel died or was killed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+
+STATE = None  # the one _State of this kernel, set by install()
+
+# Strategy names that have a fork variant, and what they become. Fabric has no
+# `ddp_notebook_find_unused_parameters_*` names: those get a DDPStrategy(start_method="fork").
+FP16 = (16, "16", "16-mixed")
+
+
+class _State:
+    def __init__(self, config: dict):
+        self.config = config
+        self.run_dir = config["run_dir"]
+        self.kernel_pid = os.getpid()
+        self.cell = None  # 0-based index of the cell being executed
+        self.cell_files = {}  # code filename IPython compiled a cell under -> 0-based cell index
+        self.cuda = {}  # "init" / "probe" -> first record
+        self.launches = 0
+        self.target = None  # (accelerator, devices), resolved at the first Trainer/Fabric
+        self.child = None  # in a forked child: (launch, rank)
+
+
+def load_source(path: str, config_path: str) -> str:
+    """The code the runner sends to the kernel: load this file by path and install it, leaving no
+    names in the notebook's namespace and needing no import path to nbrefactor."""
+    return (
+        "def __nbrefactor_load():\n"
+        "    import importlib.util, sys\n"
+        f"    spec = importlib.util.spec_from_file_location('_nbrefactor_preamble', {path!r})\n"
+        "    module = importlib.util.module_from_spec(spec)\n"
+        "    sys.modules[spec.name] = module\n"
+        "    spec.loader.exec_module(module)\n"
+        f"    module.install({config_path!r})\n"
+        "__nbrefactor_load()\n"
+        "del __nbrefactor_load\n"
+    )
+
+
+def install(config_path: str) -> None:
+    global STATE
+    with open(config_path, encoding="utf-8") as f:
+        STATE = _State(json.load(f))
+    shell = _shell()
+    if shell is not None:
+        shell.events.register("pre_run_cell", _pre_run_cell)
+        shell.events.register("post_run_cell", _post_run_cell)
+        _wrap_cell_compiler(shell)
+    finder = _PatchOnImport()
+    sys.meta_path.insert(0, finder)
+    for name in list(_PATCHES):
+        if name in sys.modules:  # imported before us (an IPython startup file): patch now
+            _apply_patch(name, sys.modules[name])
+    emit({"event": "preamble", "pid": os.getpid(), "python": sys.executable})
+
+
+def _shell():
+    try:
+        return get_ipython()  # noqa: F821 - defined in a kernel
+    except NameError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Where we are: the cell being executed, and the cell each code filename belongs to
+
+
+def _pre_run_cell(info=None) -> None:
+    try:
+        with open(os.path.join(STATE.run_dir, "cell"), encoding="utf-8") as f:
+            STATE.cell = int(f.read().strip())
+    except (OSError, ValueError):
+        STATE.cell = None
+
+
+def _wrap_cell_compiler(shell) -> None:
+    """Remember which cell each compiled code filename belongs to (IPython names cell code by a hash)."""
+    compiler = shell.compile
+    original = compiler.cache
+
+    def cache(transformed_code, number=0, raw_code=None):
+        name = original(transformed_code, number, raw_code)
+        if STATE.cell is not None:
+            STATE.cell_files[name] = STATE.cell
+        return name
+
+    compiler.cache = cache
+
+
+def notebook_frames(frames) -> list[dict]:
+    """The frames that are notebook code, innermost last, as cell (1-based) and line."""
+    out = []
+    for fs in frames:
+        index = STATE.cell_files.get(fs.filename)
+        if index is not None:
+            out.append({"cell": index + 1, "line": fs.lineno, "function": fs.name, "code": (fs.line or "").strip()})
+    return out
+
+
+def _where(frames) -> dict:
+    """The innermost notebook frame, and the innermost frame of all (the library call that did it)."""
+    cells = notebook_frames(frames)
+    at = dict(cells[-1]) if cells else {"cell": None, "line": None, "function": None, "code": ""}
+    at["running_cell"] = STATE.cell + 1 if STATE.cell is not None else None
+    if frames:
+        last = frames[-1]
+        at["via"] = f"{last.filename}:{last.lineno} in {last.name}"
+    return at
+
+
+def _post_run_cell(result=None) -> None:
+    """Record the exception a cell ended with, placed at the innermost notebook frame."""
+    if result is None:
+        return
+    err = result.error_in_exec or result.error_before_exec
+    if err is None:
+        return
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+    record = {
+        "event": "error",
+        "cell": STATE.cell + 1 if STATE.cell is not None else None,
+        "type": type(err).__name__,
+        "message": _text(err),
+        "frames": notebook_frames(frames),
+    }
+    if isinstance(err, SyntaxError) and err.lineno:
+        record["frames"] = [{"cell": record["cell"], "line": err.lineno, "function": "<module>", "code": (err.text or "").strip()}]
+    emit(record)
+
+
+def _text(err: BaseException, limit: int = 8000) -> str:
+    text = str(err)
+    return text if len(text) <= limit else text[: limit // 2] + "\n...\n" + text[-limit // 2 :]
+
+
+def emit(record: dict, name: str = "events.jsonl") -> None:
+    """Append one JSON line to the run folder (one write: lines from several processes never mix)."""
+    record.setdefault("time", time.time())
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(os.path.join(STATE.run_dir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def _write_json(name: str, data: dict) -> None:
+    path = os.path.join(STATE.run_dir, name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, default=str)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches, applied when the notebook imports the module
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patch a module right after it executes, whoever imports it."""
+
+    def __init__(self):
+        self._busy = set()
+
+    def find_spec(self, name, path, target=None):
+        if name not in _PATCHES or name in self._busy:
+            return None
+        self._busy.add(name)
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy.discard(name)
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            _apply_patch(name, module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _apply_patch(name: str, module) -> None:
+    patch = _PATCHES[name]
+    if getattr(module, "_nbrefactor_patched", False):
+        return
+    try:
+        patch(module)
+        module._nbrefactor_patched = True
+    except Exception as err:  # never break the notebook's import; say so in the report
+        emit({"event": "warning", "message": f"could not prepare {name}: {type(err).__name__}: {err}"})
+
+
+# --- tracer ----------------------------------------------------------------------------------
+
+
+def _in_notebook_process() -> bool:
+    return STATE is not None and os.getpid() == STATE.kernel_pid and STATE.child is None
+
+
+def trace_cuda(kind: str, stack_from=None) -> None:
+    """Record the first CUDA initialisation (`init`) or fork-poisoning device query (`probe`) made by
+    the notebook process, at the innermost notebook frame."""
+    if kind in STATE.cuda or not _in_notebook_process():
+        return
+    frames = traceback.extract_stack(stack_from or sys._getframe(2))
+    record = {"event": "cuda", "kind": kind, **_where(frames)}
+    STATE.cuda[kind] = record
+    emit(record)
+
+
+def _patch_torch_cuda(cuda) -> None:
+    original_init = cuda._lazy_init
+
+    def _lazy_init():
+        if "init" not in STATE.cuda and not _initialized(cuda):
+            trace_cuda("init", sys._getframe(1))
+        return original_init()
+
+    _lazy_init.__wrapped__ = original_init
+    cuda._lazy_init = _lazy_init
+    torch_c = sys.modules.get("torch._C")
+    for name in ("_cuda_getDeviceCount", "_cuda_getArchFlags"):
+        original = getattr(torch_c, name, None)
+        if original is not None:
+            setattr(torch_c, name, _probe_tracer(original))
+
+
+def _probe_tracer(original):
+    def query(*args, **kwargs):
+        if "probe" not in STATE.cuda:
+            trace_cuda("probe", sys._getframe(1))
+        return original(*args, **kwargs)
+
+    query.__wrapped__ = original
+    return query
+
+
+def _initialized(cuda) -> bool:
+    try:
+        return bool(cuda.is_initialized())
+    except Exception:
+        return False
+
+
+# --- fork probe ------------------------------------------------------------------------------
+
+
+def in_fork(child) -> str:
+    """Run `child()` (returning a short str) in a throwaway forked process and return its answer."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(r)
+            try:
+                answer = str(child())
+            except BaseException as err:
+                answer = f"error: {type(err).__name__}: {err}"
+            os.write(w, answer.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def fork_probe(use_cuda: bool) -> dict:
+    """Would CUDA work in a forked child? (research-lightning.md 2.9, with the stronger variant on CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {"broken": False, "reason": None}
+    if _initialized(torch.cuda):
+        return {"broken": True, "reason": "CUDA is initialised in the notebook process"}
+
+    def child():
+        if torch.cuda._is_in_bad_fork():
+            return "bad-fork"
+        if use_cuda:
+            torch.zeros(1, device="cuda")
+        return "ok"
+
+    answer = in_fork(child)
+    if answer == "ok":
+        return {"broken": False, "reason": None}
+    if answer == "bad-fork":
+        return {"broken": True, "reason": "CUDA was queried or initialised in the notebook process (fork is poisoned)"}
+    return {"broken": True, "reason": f"CUDA fails in a forked child: {answer}"}
+
+
+def probe_message(probe: dict) -> str:
+    first = STATE.cuda.get("init") or STATE.cuda.get("probe")
+    where = ""
+    if first and first.get("cell"):
+        where = f" (first at cell {first['cell']}, line {first['line']}: `{first['code']}`)"
+    return (
+        f"Cannot re-initialize CUDA in forked subprocess: nbrefactor's fork probe found that "
+        f"{probe['reason']}{where} before this launch point. The forked training processes would "
+        f"fail or hang. Move that code into the training function (or a `*_dataloader` hook) and "
+        f"restart the kernel."
+    )
+
+
+# --- launch points ---------------------------------------------------------------------------
+
+
+def _patch_launcher(kind: str):
+    def patch(module) -> None:
+        cls = module._MultiProcessingLauncher
+        original_launch = cls.launch
+
+        @functools.wraps(original_launch)
+        def launch(self, function, *args, **kwargs):
+            if not _in_notebook_process() or self._start_method not in ("fork", "forkserver"):
+                return original_launch(self, function, *args, **kwargs)
+            STATE.launches += 1
+            number = STATE.launches
+            use_cuda = type(self._strategy.accelerator).__name__ == "CUDAAccelerator"
+            probe = fork_probe(use_cuda)
+            record = {
+                "event": "launch",
+                "launch": number,
+                "kind": kind,
+                "processes": self._strategy.num_processes,
+                "start_method": self._start_method,
+                "probe": probe,
+                **_where(traceback.extract_stack(sys._getframe(1))),
+            }
+            emit(record)
+            if probe["broken"]:
+                raise RuntimeError(probe_message(probe))
+            original_wrapping = type(self)._wrapping_function
+            self._wrapping_function = functools.partial(_child, self, original_wrapping, number)
+            try:
+                result = original_launch(self, function, *args, **kwargs)
+            except BaseException as err:
+                emit({"event": "launch_end", "launch": number, "status": "raised", "type": type(err).__name__})
+                raise
+            finally:
+                self.__dict__.pop("_wrapping_function", None)
+            emit({"event": "launch_end", "launch": number, "status": "returned"})
+            return result
+
+        cls.launch = launch
+
+    return patch
+
+
+def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **kwargs):
+    """The forked child's entry: record the rank, run Lightning's own wrapping function, record the end."""
+    STATE.child = (launch, process_idx)
+    name = f"rank-{launch}-{process_idx}.json"
+    record = {"launch": launch, "rank": process_idx, "pid": os.getpid(), "ppid": os.getppid(), "status": "started", "started": time.time()}
+    _write_json(name, record)
+    args = list(args)
+    # the training function is the argument named `function` (Fabric: 1st after process_idx, Trainer: 2nd)
+    slot = 1 if "pytorch" in type(launcher).__module__ else 0
+    function = args[slot]
+
+    @functools.wraps(function)
+    def traced(*a, **kw):
+        result = function(*a, **kw)
+        record["status"] = "returned"  # the function returned; sending its value back comes next
+        record["returned"] = time.time()
+        _write_json(name, record)
+        return result
+
+    args[slot] = traced
+    try:
+        original_wrapping(launcher, process_idx, *args, **kwargs)
+    except BaseException as err:
+        frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+        record.update(
+            status="failed",
+            type=type(err).__name__,
+            message=_text(err),
+            traceback="".join(traceback.format_exception(type(err), err, err.__traceback__))[-8000:],
+            frames=notebook_frames(frames),
+            ended=time.time(),
+        )
+        _write_json(name, record)
+        raise
+    record.update(status="finished", ended=time.time())
+    _write_json(name, record)
+
+
+# --- Trainer and Fabric ----------------------------------------------------------------------
+
+
+def _target() -> tuple[str, int]:
+    """The accelerator and device count every Trainer and Fabric gets (resolved once per run)."""
+    if STATE.target is None:
+        accelerator = STATE.config.get("accelerator") or "auto"
+        devices = STATE.config.get("devices")
+        gpus = None
+        if accelerator == "auto" or (accelerator == "cuda" and not devices):
+            gpus = _cuda_device_count()
+        if accelerator == "auto":
+            accelerator = "cuda" if gpus else "cpu"
+        if not devices:
+            devices = gpus if accelerator == "cuda" and gpus else 2 if accelerator == "cpu" else 1
+        STATE.target = (accelerator, int(devices))
+    return STATE.target
+
+
+def _cuda_device_count() -> int:
+    """GPUs on this machine, counted in a throwaway fork so the count itself cannot poison the kernel."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    answer = in_fork(lambda: torch.cuda.device_count())
+    try:
+        return max(0, int(answer))
+    except ValueError:
+        return 0
+
+
+def fork_strategy(strategy, root: str, trainer: bool):
+    """The fork-based equivalent of the notebook's strategy, or the strategy itself when it has none
+    (FSDP, DeepSpeed...: Lightning then says it is not compatible with a notebook, NBR401)."""
+    if strategy is None or (isinstance(strategy, str) and strategy in ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")):
+        return "ddp_notebook"
+    if isinstance(strategy, str) and strategy.startswith(("ddp_find_unused_parameters_", "ddp_spawn_find_unused_parameters_", "ddp_fork_find_unused_parameters_", "ddp_notebook_find_unused_parameters_")):
+        flag = strategy.endswith("_true")
+        if trainer:
+            return f"ddp_notebook_find_unused_parameters_{'true' if flag else 'false'}"
+        ddp = importlib.import_module(f"{root}.strategies").DDPStrategy
+        return ddp(start_method="fork", find_unused_parameters=flag)
+    if type(strategy).__name__ == "DDPStrategy" and getattr(strategy, "_start_method", "fork") != "fork":
+        strategy._start_method = "fork"
+        return strategy
+    return strategy
+
+
+def _describe(value) -> str:
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return repr(value)
+    return type(value).__name__ + "(...)"
+
+
+def overrides(kind: str, kwargs: dict, root: str) -> tuple[dict, dict]:
+    """The constructor's keyword arguments as the run needs them, and what changed ({arg: (old, new)})."""
+    accelerator, devices = _target()
+    trainer = kind == "Trainer"
+    wanted = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": 1,
+        "strategy": fork_strategy(kwargs.get("strategy", "auto"), root, trainer),
+    }
+    if accelerator == "cpu" and kwargs.get("precision") in FP16:
+        wanted["precision"] = "32-true"  # fp16 AMP does not exist on CPU
+    if trainer and STATE.config.get("smoke"):
+        n = int(STATE.config.get("smoke_batches", 2))
+        wanted.update(
+            fast_dev_run=False,
+            max_epochs=1,
+            max_steps=-1,
+            min_epochs=None,
+            min_steps=None,
+            max_time=None,
+            limit_train_batches=n,
+            limit_val_batches=n,
+            limit_test_batches=n,
+            limit_predict_batches=n,
+            val_check_interval=None,
+            check_val_every_n_epoch=1,
+        )
+        if kwargs.get("default_root_dir") is None and STATE.config.get("smoke_root_dir"):
+            wanted["default_root_dir"] = STATE.config["smoke_root_dir"]
+    changed = {}
+    new = dict(kwargs)
+    for key, value in wanted.items():
+        old = kwargs.get(key, _MISSING)
+        if old is value or (old is not _MISSING and _same(old, value)):
+            continue
+        new[key] = value
+        if key in ("accelerator", "devices", "num_nodes", "strategy", "precision") or old is not _MISSING:
+            changed[key] = (_describe(old) if old is not _MISSING else "default", _describe(value))
+    return new, changed
+
+
+_MISSING = object()
+
+
+def _same(a, b) -> bool:
+    try:
+        return type(a) is type(b) and a == b
+    except Exception:
+        return False
+
+
+def _patch_constructor(kind: str, attribute: str):
+    def patch(module) -> None:
+        cls = getattr(module, attribute)
+        original = cls.__init__
+        root = module.__name__.rsplit(".", 2 if kind == "Trainer" else 1)[0]
+
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):
+            if _in_notebook_process():
+                kwargs, changed = overrides(kind, kwargs, root)
+                emit({"event": "override", "kind": kind, "changed": changed, **_where(traceback.extract_stack(sys._getframe(1)))})
+            original(self, *args, **kwargs)
+
+        cls.__init__ = __init__
+
+    return patch
+
+
+def _patch_fabric_loader(module) -> None:
+    """Smoke mode for Fabric: loaders returned by `fabric.setup_dataloaders` stop after a few batches."""
+    if not STATE.config.get("smoke"):
+        return
+    n = int(STATE.config.get("smoke_batches", 2))
+    cls = module._FabricDataLoader
+    original_iter, original_len = cls.__iter__, cls.__len__
+
+    def __iter__(self):
+        return itertools.islice(original_iter(self), n)
+
+    def __len__(self):
+        return min(original_len(self), n)
+
+    cls.__iter__, cls.__len__ = __iter__, __len__
+
+
+_PATCHES = {
+    "torch.cuda": _patch_torch_cuda,
+    "lightning.pytorch.trainer.trainer": _patch_constructor("Trainer", "Trainer"),
+    "pytorch_lightning.trainer.trainer": _patch_constructor("Trainer", "Trainer"),
+    "lightning.fabric.fabric": _patch_constructor("Fabric", "Fabric"),
+    "lightning_fabric.fabric": _patch_constructor("Fabric", "Fabric"),
+    "lightning.fabric.strategies.launchers.multiprocessing": _patch_launcher("fabric"),
+    "lightning_fabric.strategies.launchers.multiprocessing": _patch_launcher("fabric"),
+    "lightning.pytorch.strategies.launchers.multiprocessing": _patch_launcher("trainer"),
+    "pytorch_lightning.strategies.launchers.multiprocessing": _patch_launcher("trainer"),
+    "lightning.fabric.wrappers": _patch_fabric_loader,
+    "lightning_fabric.wrappers": _patch_fabric_loader,
+}

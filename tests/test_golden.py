@@ -1,0 +1,89 @@
+"""Golden cases: `golden/<case>/input.ipynb` fixed must equal `expected.ipynb` (`--update-goldens`
+rewrites them), and every case holds DESIGN.md's invariants. Runnable cases are run in a real
+kernel: the original in one process, the fixed notebook forked on 2 CPU processes, and they must
+print the same thing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nbrefactor.checker import check_notebook
+from nbrefactor.config import Selection
+from nbrefactor.fixer import fix_notebook
+from nbrefactor.notebook.model import read_notebook
+from tests.conftest import ROOT
+from tests.kernel import run_notebook, single_process_env
+
+CASES = sorted(p for p in (ROOT / "golden").iterdir() if (p / "case.json").is_file())
+
+
+def _case(path: Path):
+    meta = json.loads((path / "case.json").read_text())
+    return meta, "--unsafe-fixes" in meta.get("args", [])
+
+
+def _fix(path: Path, unsafe: bool):
+    return fix_notebook(read_notebook(path), unsafe_fixes=unsafe)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_fix_matches_expected(case, update_goldens):
+    meta, unsafe = _case(case)
+    result = _fix(case / "input.ipynb", unsafe)
+    expected = case / "expected.ipynb"
+    if update_goldens:
+        expected.write_text(result.fixed, encoding="utf-8")
+    assert expected.exists(), f"{case.name}: run pytest --update-goldens to create expected.ipynb"
+    assert result.fixed == expected.read_text(encoding="utf-8"), f"{case.name}: {meta['about']}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_invariants(case):
+    meta, unsafe = _case(case)
+    original = json.loads((case / "input.ipynb").read_text())
+    result = _fix(case / "input.ipynb", unsafe)
+    fixed = json.loads(result.fixed)
+    # Nothing but cells changes.
+    assert {k: v for k, v in fixed.items() if k != "cells"} == {k: v for k, v in original.items() if k != "cells"}
+    # Untouched cells are identical; ids stay; only reported cells are removed.
+    by_id = {c["id"]: c for c in fixed["cells"]}
+    removed = {original["cells"][n - 1]["id"] for n in result.deleted_cells}
+    for cell in original["cells"]:
+        new = by_id.get(cell["id"])
+        if new is None:
+            assert cell["id"] in removed, f"cell {cell['id']} vanished without being reported"
+            assert cell["cell_type"] == "code"
+            continue
+        if new["source"] == cell["source"]:
+            assert new == cell, f"untouched cell {cell['id']} changed"
+        else:
+            assert new["cell_type"] == "code" and new["metadata"] == cell["metadata"]
+            assert new.get("outputs") == [] and new.get("execution_count") is None
+    assert [c["id"] for c in fixed["cells"]] == [c["id"] for c in original["cells"] if c["id"] not in removed]
+    # Idempotent, and clean of what it fixed.
+    again = fix_notebook(read_notebook("again.ipynb", result.fixed.encode()), unsafe_fixes=unsafe)
+    assert again.fixed == result.fixed
+    fixed_codes = {c.code for c in result.changes}
+    remaining = check_notebook(read_notebook("x.ipynb", result.fixed.encode()), Selection()).diagnostics
+    assert not fixed_codes & {d.code for d in remaining}
+    if not result.changed:
+        assert result.fixed == (case / "input.ipynb").read_text()
+
+
+RUNNABLE = [c for c in CASES if _case(c)[0].get("runnable")]
+
+
+@pytest.mark.parametrize("case", RUNNABLE, ids=lambda p: p.name)
+def test_fixed_notebook_runs_forked_and_prints_what_the_original_printed(case, tmp_path):
+    (tmp_path / "original").mkdir()
+    (tmp_path / "fixed").mkdir()
+    original, original_err = run_notebook(case / "input.ipynb", tmp_path / "original", env=single_process_env())
+    fixed, fixed_err = run_notebook(case / "expected.ipynb", tmp_path / "fixed")
+    assert "MEMBER: 2/2" in fixed_err and "GLOBAL_RANK: 1" in fixed_err, "the fixed notebook did not fork 2 processes"
+    assert "MEMBER: 2/2" not in original_err
+    assert fixed == original
+    assert original, "the case prints nothing to compare"
