@@ -18,17 +18,24 @@ from typing import Sequence
 import libcst as cst
 
 MARKER_LINE = re.compile(r"^#\s?%%")
+# A magic or shell escape that jupytext commented out (`# %env A=1`, `# !pip install x`).
+COMMENTED_MAGIC = re.compile(r"^#\s?[%!]")
 
 
 def is_marker(line: cst.EmptyLine) -> bool:
     return line.comment is not None and MARKER_LINE.match(line.comment.value) is not None
 
 
+def _stays(line: cst.EmptyLine) -> bool:
+    return line.comment is not None and COMMENTED_MAGIC.match(line.comment.value) is not None
+
+
 def split_leading_lines(stmt: cst.CSTNode) -> tuple[list[cst.EmptyLine], list[cst.EmptyLine]]:
-    """(cell part, own part): everything up to the last cell marker stays with the cell; the
-    comments after it belong to the statement and travel with it."""
+    """(cell part, own part): everything up to the last cell marker (or commented magic, which
+    belongs to the cell, not to the code after it) stays with the cell; the comments after it
+    belong to the statement and travel with it."""
     lines = list(getattr(stmt, "leading_lines", ()))
-    last = max((i for i, line in enumerate(lines) if is_marker(line)), default=-1)
+    last = max((i for i, line in enumerate(lines) if _stays(line)), default=-1)
     return lines[: last + 1], lines[last + 1 :]
 
 

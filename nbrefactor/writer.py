@@ -34,7 +34,7 @@ def write_atomically(path: str | os.PathLike, text: str, expected: str | None = 
                 os.fsync(handle.fileno())
             if mode is not None:
                 os.chmod(tmp, mode)
-            if target.exists() and not os.access(target, os.W_OK):
+            if mode is not None and not (mode & 0o222 and os.access(target, os.W_OK)):
                 raise NotebookError(path, "read-only file; nothing written")
             os.replace(tmp, target)
         finally:

@@ -59,3 +59,28 @@ def test_notebooks_without_a_launch_are_not_flagged_for_cuda_or_data():
         if result.facts is None or not result.facts.launches:
             codes = {d.code for d in result.diagnostics}
             assert not codes & {"NBR101", "NBR102", "NBR201"}, (path.name, codes)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name[:60])
+def test_fix_is_idempotent_and_clean_of_what_it_fixed(path):
+    from nbrefactor.fixer import fix_notebook
+
+    try:
+        nb = read_notebook(path)
+    except NotebookError:
+        return
+    if not nb.is_python:
+        return
+    try:
+        result = fix_notebook(nb, unsafe_fixes=True, devices=2)
+    except NotebookError as err:
+        assert "nbformat 3" in str(err)  # v3 notebooks are read-only: refusing to write is right
+        return
+    if not result.changed:
+        assert result.fixed == nb.raw
+        return
+    again = fix_notebook(read_notebook(path, result.fixed.encode()), unsafe_fixes=True, devices=2)
+    assert again.fixed == result.fixed, "fix is not idempotent"
+    fixed_codes = {c.code for c in result.changes}
+    remaining = {d.code for d in check_notebook(read_notebook(path, result.fixed.encode()), Selection()).diagnostics}
+    assert not (fixed_codes - {"NBR201", "NBR101"}) & remaining, remaining
