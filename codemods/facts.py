@@ -166,6 +166,7 @@ class NotebookFacts:
     functions: dict[str, FunctionSummary]
     uses_fabric: bool = False
     cpu_only_calls: set[int] = field(default_factory=set)  # ids of calls in a "no CUDA" branch
+    lightning_module_classes: set[str] = field(default_factory=set)  # notebook classes that are LightningModules
 
     @property
     def last_launch(self) -> int | None:
@@ -383,6 +384,10 @@ class _Analysis:
 
     def call_result(self, call: cst.Call, env: dict[str, Value]) -> Value | None:
         func = call.func
+        if isinstance(func, cst.Attribute) and func.attr.value in ("cuda", "to", "cpu", "train", "eval", "float", "double", "half", "requires_grad_"):
+            receiver = self.value_of(func.value, env)  # these return the module itself
+            if receiver is not None and receiver.kind == "lightning_module":
+                return receiver
         q = self.qname(func, env)
         kind = self.class_kind(q, env)
         if kind:
@@ -596,6 +601,10 @@ class _Analysis:
             facts.statements.append(st)
             self.statement(st)
         facts.cpu_only_calls = _cpu_only_calls(self.module)
+        facts.lightning_module_classes = {
+            name for name, v in self.env.items()
+            if v.kind == "class" and isinstance(v.node, cst.ClassDef) and self.user_class_kind(v.node) == "lightning_module"
+        }
         facts.uses_fabric = any(v.kind == "fabric" for v in self.env.values()) or any(
             c.kind == "fabric" for c in facts.constructors
         )

@@ -87,6 +87,67 @@ def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.
     return replacements, changes
 
 
+def _is_lightning_module(expr: cst.BaseExpression, facts: NotebookFacts) -> bool:
+    if isinstance(expr, cst.Name):
+        v = facts.env.get(expr.value)
+        return v is not None and v.kind == "lightning_module"
+    if isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name):
+        return expr.func.value in facts.lightning_module_classes
+    return False
+
+
+def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
+    """NBR101 in Trainer notebooks (unsafe): the Trainer moves the model to its devices itself, so
+    `model.cuda()` / `model.to(device)` before a launch goes; checkpoints are loaded onto the CPU
+    (`map_location="cpu"`), in cells and in the notebook functions they call."""
+    plan = BodyPlan()
+    replacements: dict[int, cst.CSTNode] = {}
+    changes = []
+    if not any(lp.kind.startswith("trainer.") for lp in facts.launches):
+        return plan, replacements, changes
+    for use in facts.cuda:
+        if not runs_before_a_launch(facts, use):
+            continue
+        call = use.inner or use.node
+        func = call.func
+        if not isinstance(func, cst.Attribute):
+            if N.dotted(func) in ("torch.load", "torch.jit.load") and N.call_arg(call, "map_location", 1) is None:
+                replacements[id(call)] = _with_map_location(call)
+                changes.append(("NBR101", call, f"{N.dotted(func)}(..., map_location=\"cpu\")"))
+            continue
+        attr = func.attr.value
+        if attr == "load_from_checkpoint" and N.call_arg(call, "map_location") is None:
+            replacements[id(call)] = _with_map_location(call)
+            changes.append(("NBR101", call, "load_from_checkpoint(..., map_location=\"cpu\")"))
+        elif attr == "load" and N.dotted(func) is not None and N.call_arg(call, "map_location", 1) is None and "torch" in (N.dotted(func) or ""):
+            replacements[id(call)] = _with_map_location(call)
+            changes.append(("NBR101", call, f"{N.dotted(func)}(..., map_location=\"cpu\")"))
+        elif attr in ("cuda", "to") and use.via is None and _is_lightning_module(func.value, facts):
+            st = facts.statements[use.statement]
+            node = st.node
+            receiver = func.value
+            whole = isinstance(node, cst.SimpleStatementLine) and len(node.body) == 1 and (
+                (isinstance(node.body[0], cst.Expr) and node.body[0].value is call)
+                or (isinstance(node.body[0], cst.Assign) and node.body[0].value is call and isinstance(receiver, cst.Name)
+                    and [t.target for t in node.body[0].targets if isinstance(t.target, cst.Name) and t.target.value == receiver.value])
+            )
+            if whole:
+                plan.remove(use.statement)
+            else:
+                replacements[id(call)] = receiver
+            changes.append(("NBR101", call, f"removed `.{attr}(...)` on the LightningModule: the Trainer moves it to each process's device"))
+    return plan, replacements, changes
+
+
+def _with_map_location(call: cst.Call) -> cst.Call:
+    args = [*call.args]
+    if args:
+        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    args.append(cst.Arg(cst.SimpleString('"cpu"'), keyword=cst.Name("map_location"),
+                        equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
+    return call.with_changes(args=args)
+
+
 def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
     """NBR102: import Lightning (which sets PYTORCH_NVML_BASED_CUDA_CHECK=1) just before the first
     top-level statement that probes CUDA before Lightning is imported."""

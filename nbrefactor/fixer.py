@@ -49,6 +49,7 @@ def _one_pass(check: NotebookCheck, selection: Selection, unsafe_fixes: bool, de
     """(new module code or None, changes, refused) for one pass."""
     from codemods import local_fixes
     from codemods.cells import rebuild
+    from codemods.data_into_hooks import data_into_hooks
     from codemods.wrap_training import wrap_training
 
     facts, module = check.facts, check.module
@@ -63,19 +64,33 @@ def _one_pass(check: NotebookCheck, selection: Selection, unsafe_fixes: bool, de
         reps, found = local_fixes.explicit_devices(facts, devices)
         replacements.update(reps)
         changes += [Change(code, cell_of(node), msg) for code, node, msg in found]
+    if unsafe_fixes and _enabled(selection, "NBR101"):
+        plan, reps, found = local_fixes.cuda_before_fit(facts)
+        if plan or reps:
+            replacements.update(reps)
+            changes += [Change(code, cell_of(node), msg) for code, node, msg in found]
+            if plan:
+                return rebuild(local_fixes.apply_replacements(module, replacements), plan).code, changes, []
     if replacements:
         return local_fixes.apply_replacements(module, replacements).code, changes, []
     if _enabled(selection, "NBR102"):
         plan, found = local_fixes.lightning_before_probe(facts)
         if plan:
             return rebuild(module, plan).code, [Change(c, cell + 1, m) for c, cell, m in found], []
+    refused: list[str] = []
     if any(_enabled(selection, c) for c in ("NBR301", "NBR302", "NBR201", "NBR101")):
         outcome = wrap_training(facts, allow_unsafe=unsafe_fixes)
         changes = [Change(c, cell + 1, m) for c, cell, m in outcome.changes]
         if outcome.module is not module:
             return outcome.module.code, changes, outcome.refused
-        return None, [], outcome.refused
-    return None, [], []
+        refused += outcome.refused
+    if _enabled(selection, "NBR201"):
+        hooks = data_into_hooks(facts, allow_unsafe=unsafe_fixes)
+        refused += hooks.refused
+        if hooks.plan or hooks.replacements:
+            new = rebuild(local_fixes.apply_replacements(module, hooks.replacements), hooks.plan)
+            return new.code, [Change(c, cell + 1, m) for c, cell, m in hooks.changes], refused
+    return None, [], refused
 
 
 def _cell_of_node(check: NotebookCheck):
@@ -107,6 +122,7 @@ def fix_notebook(
 ) -> FixResult:
     result = FixResult(notebook.path, notebook.raw, notebook.raw, before=notebook)
     current = notebook
+    origin = [c.number for c in notebook.cells]  # current cell index -> number in the original
     seen_refusals: set[str] = set()
     for _ in range(MAX_PASSES):
         check = check_notebook(current, selection)
@@ -125,8 +141,8 @@ def fix_notebook(
             result.refused.append(f"not rewritten: internal error, cell boundaries were not kept ({err})")
             break
         deleted = {i for i, s in sources.items() if _is_empty(s) and not _is_empty(current.cells[i].source)}
-        if current is notebook:
-            result.deleted_cells = sorted(i + 1 for i in deleted)
+        result.deleted_cells = sorted([*result.deleted_cells, *(origin[i] for i in deleted)])
+        origin = [o for i, o in enumerate(origin) if i not in deleted]
         text = current.render(sources, deleted=deleted)
         result.changes.extend(changes)
         current = read_notebook(current.path, text.encode("utf-8"))

@@ -40,3 +40,25 @@ def single_process_env() -> dict[str, str]:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+ONE_PROCESS_CELL = """\
+# Test harness, not part of the case: every Trainer runs in this one process.
+import lightning.pytorch as _pl
+
+_trainer_init = _pl.Trainer.__init__
+
+
+def _one_process(self, *args, **kwargs):
+    kwargs.update(devices=1, strategy="auto")
+    _trainer_init(self, *args, **kwargs)
+
+
+_pl.Trainer.__init__ = _one_process
+"""
+
+
+def one_process(nb: dict) -> dict:
+    """The notebook with a first cell that makes every Trainer (and, via LT_*, Fabric) use one process."""
+    cell = {"cell_type": "code", "execution_count": None, "id": "one-process", "metadata": {}, "outputs": [], "source": ONE_PROCESS_CELL}
+    return {**nb, "cells": [cell, *nb["cells"]]}

@@ -16,24 +16,26 @@ from nbrefactor.config import Selection
 from nbrefactor.fixer import fix_notebook
 from nbrefactor.notebook.model import read_notebook
 from tests.conftest import ROOT
-from tests.kernel import run_notebook, single_process_env
+from tests.kernel import one_process, run_notebook, single_process_env
 
 CASES = sorted(p for p in (ROOT / "golden").iterdir() if (p / "case.json").is_file())
 
 
 def _case(path: Path):
     meta = json.loads((path / "case.json").read_text())
-    return meta, "--unsafe-fixes" in meta.get("args", [])
+    args = meta.get("args", [])
+    devices = int(args[args.index("--devices") + 1]) if "--devices" in args else None
+    return meta, {"unsafe_fixes": "--unsafe-fixes" in args, "devices": devices}
 
 
-def _fix(path: Path, unsafe: bool):
-    return fix_notebook(read_notebook(path), unsafe_fixes=unsafe)
+def _fix(path: Path, options: dict):
+    return fix_notebook(read_notebook(path), **options)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_fix_matches_expected(case, update_goldens):
-    meta, unsafe = _case(case)
-    result = _fix(case / "input.ipynb", unsafe)
+    meta, options = _case(case)
+    result = _fix(case / "input.ipynb", options)
     expected = case / "expected.ipynb"
     if update_goldens:
         expected.write_text(result.fixed, encoding="utf-8")
@@ -43,9 +45,9 @@ def test_fix_matches_expected(case, update_goldens):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_invariants(case):
-    meta, unsafe = _case(case)
+    meta, options = _case(case)
     original = json.loads((case / "input.ipynb").read_text())
-    result = _fix(case / "input.ipynb", unsafe)
+    result = _fix(case / "input.ipynb", options)
     fixed = json.loads(result.fixed)
     # Nothing but cells changes.
     assert {k: v for k, v in fixed.items() if k != "cells"} == {k: v for k, v in original.items() if k != "cells"}
@@ -65,7 +67,7 @@ def test_invariants(case):
             assert new.get("outputs") == [] and new.get("execution_count") is None
     assert [c["id"] for c in fixed["cells"]] == [c["id"] for c in original["cells"] if c["id"] not in removed]
     # Idempotent, and clean of what it fixed.
-    again = fix_notebook(read_notebook("again.ipynb", result.fixed.encode()), unsafe_fixes=unsafe)
+    again = fix_notebook(read_notebook("again.ipynb", result.fixed.encode()), **options)
     assert again.fixed == result.fixed
     fixed_codes = {c.code for c in result.changes}
     remaining = check_notebook(read_notebook("x.ipynb", result.fixed.encode()), Selection()).diagnostics
@@ -79,9 +81,13 @@ RUNNABLE = [c for c in CASES if _case(c)[0].get("runnable")]
 
 @pytest.mark.parametrize("case", RUNNABLE, ids=lambda p: p.name)
 def test_fixed_notebook_runs_forked_and_prints_what_the_original_printed(case, tmp_path):
-    (tmp_path / "original").mkdir()
-    (tmp_path / "fixed").mkdir()
-    original, original_err = run_notebook(case / "input.ipynb", tmp_path / "original", env=single_process_env())
+    for side in ("original", "fixed"):
+        (tmp_path / side).mkdir()
+        for module in case.glob("*.py"):  # a LightningModule the notebook imports
+            shutil.copy(module, tmp_path / side / module.name)
+    original_nb = tmp_path / "original" / "input.ipynb"
+    original_nb.write_text(json.dumps(one_process(json.loads((case / "input.ipynb").read_text()))))
+    original, original_err = run_notebook(original_nb, tmp_path / "original", env=single_process_env())
     fixed, fixed_err = run_notebook(case / "expected.ipynb", tmp_path / "fixed")
     assert "MEMBER: 2/2" in fixed_err and "GLOBAL_RANK: 1" in fixed_err, "the fixed notebook did not fork 2 processes"
     assert "MEMBER: 2/2" not in original_err

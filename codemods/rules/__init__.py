@@ -9,6 +9,7 @@ from codemods.rules.nbr102_cuda_probe_before_lightning_import import CudaProbeBe
 from codemods.rules.nbr201_data_built_in_notebook_process import DataBuiltInNotebookProcess
 from codemods.rules.nbr301_launch_without_function import LaunchWithoutFunction
 from codemods.rules.nbr302_training_at_top_level import TrainingAtTopLevel
+from codemods.rules.nbr303_fit_twice_on_one_trainer import FitTwiceOnOneTrainer
 from codemods.rules.nbr401_strategy_not_notebook_compatible import StrategyNotNotebookCompatible
 from codemods.rules.nbr402_devices_auto_in_notebook import DevicesAutoInNotebook
 
@@ -18,6 +19,7 @@ ALL_RULES: tuple[type[Rule], ...] = (
     DataBuiltInNotebookProcess,
     LaunchWithoutFunction,
     TrainingAtTopLevel,
+    FitTwiceOnOneTrainer,
     StrategyNotNotebookCompatible,
     DevicesAutoInNotebook,
 )
