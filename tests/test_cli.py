@@ -81,8 +81,10 @@ def test_pyproject_configuration(tmp_path):
 
 
 def test_rules_catalogue_and_docs():
+    from codemods.rules import ALL_RULES
+
     r = run_cli("rules")
-    assert r.returncode == 0 and r.stdout.decode().count("NBR") == 7
+    assert r.returncode == 0 and r.stdout.decode().count("NBR") == len(ALL_RULES)
     doc = run_cli("rules", "nbr101").stdout.decode()
     assert "## Why is this bad?" in doc and "Fix: unsafe" in doc
     assert run_cli("rules", "NBR999").returncode == 2
