@@ -40,9 +40,22 @@ def split_leading_lines(stmt: cst.CSTNode) -> tuple[list[cst.EmptyLine], list[cs
 
 
 def without_cell_part(stmt: cst.BaseStatement) -> cst.BaseStatement:
-    """The statement as it travels: its own comments, no cell markers."""
+    """The statement as it travels: its own comments, no cell markers, and blank lines that will
+    not pick up indentation (trailing whitespace) inside the block it moves into."""
     _, own = split_leading_lines(stmt)
+    own = [line.with_changes(indent=False) if line.comment is None else line for line in own]
     return stmt.with_changes(leading_lines=own)
+
+
+def first_in_block(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """A block's statements without blank lines before the first one."""
+    if not stmts:
+        return stmts
+    first = stmts[0]
+    lines = list(getattr(first, "leading_lines", ()))
+    while lines and lines[0].comment is None:
+        lines.pop(0)
+    return [first.with_changes(leading_lines=lines), *stmts[1:]]
 
 
 @dataclass

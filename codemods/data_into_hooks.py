@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
-from codemods.cells import BodyPlan, split_leading_lines, without_cell_part
+from codemods.cells import BodyPlan, first_in_block, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, _names_in
 
 HOOK_FOR = {  # launch method -> hooks for its data arguments, by position after the model
@@ -126,18 +126,19 @@ def _chain(facts: NotebookFacts, name: str, before: int) -> list[int]:
         for n in d.names:
             by_name.setdefault(n, []).append(d)
     out: set[int] = set()
-    todo, seen = [name], set()
+    # Follow statements, not names: `ds = split(ds)` reads the `ds` defined before it.
+    todo, seen = [(name, before)], set()
     while todo:
-        n = todo.pop()
-        if n in seen:
+        n, b = todo.pop()
+        if (n, b) in seen:
             continue
-        seen.add(n)
-        builds = [d for d in by_name.get(n, []) if d.statement < before]
+        seen.add((n, b))
+        builds = [d for d in by_name.get(n, []) if d.statement < b]
         if not builds:
             continue
         build = builds[-1]
         out.add(build.statement)
-        todo.extend(_names_in(build.node))
+        todo.extend((m, build.statement) for m in _names_in(build.node))
     return sorted(out)
 
 
@@ -162,7 +163,7 @@ def _lightning_base(facts: NotebookFacts) -> tuple[str, cst.BaseStatement | None
 
 def _method(name: str, body: list[cst.BaseStatement], params: str = "self") -> cst.FunctionDef:
     fn = cst.parse_statement(f"def {name}({params}):\n    pass\n")
-    return fn.with_changes(body=fn.body.with_changes(body=body), leading_lines=[cst.EmptyLine(indent=False)])
+    return fn.with_changes(body=fn.body.with_changes(body=first_in_block(body)), leading_lines=[cst.EmptyLine(indent=False)])
 
 
 def _returning(stmt: cst.BaseStatement, name: str) -> cst.BaseStatement:
@@ -198,6 +199,26 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
         if data:
             per_model.setdefault(model.value.value, []).append((lp, data))
     statements = facts.statements
+    # What moves, for every model at once: statements that other (kept) code still reads stay at
+    # top level as well (an unsafe fix), and so does everything they read in turn.
+    given: dict[str, tuple[str, ...]] = {}  # class name -> the hook methods it was given
+    every_chain: set[int] = set()
+    every_launch: set[int] = {lp.statement for items in per_model.values() for lp, _ in items}
+    for items in per_model.values():
+        for lp, data in items:
+            for _, arg in data:
+                every_chain |= set(_chain(facts, arg.value.value, lp.statement))
+    defined_in_chains = set().union(*(statements[i].defines for i in every_chain)) if every_chain else set()
+    used_elsewhere: set[str] = set()
+    for st in statements:
+        if st.index not in every_chain and st.index not in every_launch:
+            used_elsewhere |= st.uses & defined_in_chains
+    if used_elsewhere and not allow_unsafe:
+        return out  # stays reported: other cells read this data (an unsafe fix)
+    kept = {i for i in every_chain if statements[i].defines & used_elsewhere}
+    for i in sorted(every_chain, reverse=True):  # what kept statements read is kept too
+        if any(statements[i].defines & statements[k].uses for k in kept if k > i):
+            kept.add(i)
     for model_name, items in per_model.items():
         value = facts.env.get(model_name)
         cls_node = None
@@ -220,18 +241,8 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
             clash = (set(hooks) | {"setup", "prepare_data"}) & existing
             if clash:
                 out.refused.append(f"not rewritten: `{cls_node.name.value}` already defines {', '.join(sorted(clash))}; move the data into it by hand")
-                continue
+                return BodyPlanOutcomeReset(out)
         moved = sorted(set().union(*hooks.values()))
-        chain_set = set(moved)
-        defined = set().union(*(statements[i].defines for i in moved))
-        launch_statements = {lp.statement for lp, _ in items}
-        used_elsewhere = set()
-        for st in statements:
-            if st.index in chain_set or st.index in launch_statements:
-                continue
-            used_elsewhere |= st.uses & defined
-        if used_elsewhere and not allow_unsafe:
-            continue  # stays reported: other cells read this data (unsafe fix)
         shared = {i for i in moved if sum(i in chain for chain in hooks.values()) > 1}
         shared_names = set().union(*(statements[i].defines for i in shared)) if shared else set()
         to_self = _SelfNames(shared_names)
@@ -251,13 +262,22 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
                 body.append(cst.parse_statement(f"return {'self.' if loader in shared_names else ''}{loader}\n"))
             hook_bodies[hook] = body
         if no_download.downloads:
-            methods.append(_method("prepare_data", [cst.SimpleStatementLine([cst.Expr(c)]) for c in no_download.downloads]))
+            unique: dict[str, cst.Call] = {}
+            for c in no_download.downloads:  # train and validation often download the same files
+                unique.setdefault(cst.Module([]).code_for_node(c), c)
+            methods.append(_method("prepare_data", [cst.SimpleStatementLine([cst.Expr(c)]) for c in unique.values()]))
         if setup_body:
             methods.append(_method("setup", setup_body, "self, stage=None"))
         methods += [_method(h, b) for h, b in hook_bodies.items()]
 
         cell_of = statements[moved[0]].cell
+        signature = tuple(cst.Module([]).code_for_node(m) for m in methods)
+        if cls_node is not None and _inherits_same_hooks(cls_node, given, signature):
+            given[cls_node.name.value] = signature
+            _without_data_arguments(out, items, None)
+            continue
         if cls_node is not None:
+            given[cls_node.name.value] = signature
             cls_index = next(st.index for st in statements if st.node is cls_node)
             new_cls = cls_node.with_changes(body=cls_node.body.with_changes(body=[*cls_node.body.body, *methods]))
             out.plan.replace(cls_index, [new_cls])
@@ -276,25 +296,36 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
             out.plan.replace(first, [*head, dm_cls, instance])
             target = "a generated LightningDataModule"
         for i in moved:
-            if i not in used_elsewhere_statements(statements, i, used_elsewhere) and out.plan.edits.get(i) is None:
+            if i not in kept and out.plan.edits.get(i) is None:
                 out.plan.remove(i)
-        for lp, data in items:
-            drop = {id(arg) for _, arg in data}
-            args = [a for a in lp.node.args if id(a) not in drop]
-            if datamodule is not None:
-                args.append(cst.Arg(cst.Name(datamodule), keyword=cst.Name("datamodule"),
-                                    equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
-            out.replacements[id(lp.node)] = lp.node.with_changes(args=_fix_commas(args))
+        _without_data_arguments(out, items, datamodule)
         hook_list = ", ".join(m.name.value for m in methods)
         out.changes.append(("NBR201", cell_of, f"moved the data of {_cells(sorted({statements[i].cell for i in moved}))} into {target} ({hook_list})"))
-        if used_elsewhere:
-            out.changes.append(("NBR201", cell_of, f"kept {', '.join(f'`{n}`' for n in sorted(used_elsewhere))} at top level too, for the cells that read it"))
+    if used_elsewhere and out.changes:
+        names = ", ".join(f"`{n}`" for n in sorted(used_elsewhere))
+        out.changes.append(("NBR201", statements[min(kept)].cell, f"kept {names} at top level too, for the cells that read it"))
     return out
 
 
-def used_elsewhere_statements(statements, index, used_elsewhere) -> set[int]:
-    """Statements kept at top level (as well as copied into hooks) because other cells read them."""
-    return {index} if statements[index].defines & used_elsewhere else set()
+def _inherits_same_hooks(cls_node: cst.ClassDef, given: dict, signature: tuple) -> bool:
+    """A subclass of a notebook class that already got these very hooks inherits them."""
+    return any(isinstance(b.value, cst.Name) and given.get(b.value.value) == signature for b in cls_node.bases)
+
+
+def _without_data_arguments(out: Outcome, items, datamodule: str | None) -> None:
+    """The launches stop passing loaders (and pass `datamodule=` when one was generated)."""
+    for lp, data in items:
+        drop = {id(arg) for _, arg in data}
+        args = [a for a in lp.node.args if id(a) not in drop]
+        if datamodule is not None:
+            args.append(cst.Arg(cst.Name(datamodule), keyword=cst.Name("datamodule"),
+                                equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
+        out.replacements[id(lp.node)] = lp.node.with_changes(args=_fix_commas(args))
+
+
+def BodyPlanOutcomeReset(out: Outcome) -> Outcome:
+    """A refusal undoes everything planned so far: half-moved data is worse than none."""
+    return Outcome(BodyPlan(), {}, [], out.refused)
 
 
 def _cells(cells: list[int]) -> str:

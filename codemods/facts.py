@@ -742,21 +742,21 @@ class _Analysis:
         consumers += [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
         consumers += [(t.statement, frozenset(facts.statements[t.statement].uses), "Fabric training") for t in facts.training]
         for at, handed, kind in consumers:
-            todo = [(n, None) for n in handed]
-            seen: set[str] = set()
-            while todo:
-                name, through = todo.pop()
-                if name in seen:
+            todo = [(n, None, at + 1) for n in handed]
+            seen: set[tuple[str, int]] = set()
+            while todo:  # statements, not names: `ds = split(ds)` reads the `ds` built before it
+                name, through, before = todo.pop()
+                if (name, before) in seen:
                     continue
-                seen.add(name)
-                builds = [d for d in by_name.get(name, []) if d.statement <= at]
+                seen.add((name, before))
+                builds = [d for d in by_name.get(name, []) if d.statement < before]
                 if not builds:
                     continue
                 build = builds[-1]
                 if build not in reached:
                     build.handed_to, build.through = kind, through
                     reached.append(build)
-                todo.extend((n, through or name) for n in _names_in(build.node))
+                todo.extend((n, through or name, build.statement) for n in _names_in(build.node))
         facts.data = sorted(reached, key=lambda d: d.statement)
 
 

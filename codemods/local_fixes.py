@@ -21,6 +21,27 @@ class _Replace(cst.CSTTransformer):
         return self.replacements.get(id(original), updated)
 
 
+def append_keyword(call: cst.Call, keyword: str, value: cst.BaseExpression) -> cst.Call:
+    """`call` with `keyword=value` added last, laid out like the call's other arguments: on the
+    same line for a one-line call, on its own line (same indentation) for a multi-line one."""
+    new = cst.Arg(value, keyword=cst.Name(keyword), equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
+    args = list(call.args)
+    if not args:
+        return call.with_changes(args=[new])
+    last = args[-1]
+    multiline = isinstance(call.whitespace_before_args, cst.ParenthesizedWhitespace)
+    if multiline:
+        comma_ws = call.whitespace_before_args  # newline + the arguments' indentation
+        closing = last.whitespace_after_arg if isinstance(last.comma, cst.MaybeSentinel) else (
+            last.comma.whitespace_after if isinstance(last.comma, cst.Comma) else cst.SimpleWhitespace(""))
+        args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=comma_ws), whitespace_after_arg=cst.SimpleWhitespace(""))
+        new = new.with_changes(whitespace_after_arg=closing) if isinstance(last.comma, cst.MaybeSentinel) else new.with_changes(
+            comma=cst.Comma(whitespace_after=closing))
+    else:
+        args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    return call.with_changes(args=[*args, new])
+
+
 def _quoted(original: cst.SimpleString, value: str) -> cst.SimpleString:
     quote = original.quote
     return cst.SimpleString(f"{original.prefix}{quote}{value}{quote}")
@@ -34,12 +55,7 @@ def notebook_strategies(facts: NotebookFacts) -> tuple[dict[int, cst.CSTNode], l
         if c.kind == "ddp_strategy":
             start = N.call_arg(c.node, "start_method")
             if start is None:
-                new_args = [*c.node.args]
-                if new_args:
-                    new_args[-1] = new_args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-                new_args.append(cst.Arg(cst.SimpleString('"fork"'), keyword=cst.Name("start_method"),
-                                        equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
-                replacements[id(c.node)] = c.node.with_changes(args=new_args)
+                replacements[id(c.node)] = append_keyword(c.node, "start_method", cst.SimpleString('"fork"'))
                 changes.append(("NBR401", c.node, 'DDPStrategy(...) now forks: start_method="fork"'))
             elif isinstance(start.value, cst.SimpleString) and N.string_value(start.value) in ("spawn", "popen", "forkserver"):
                 replacements[id(start.value)] = _quoted(start.value, "fork")
@@ -73,12 +89,7 @@ def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.
             continue
         arg = N.call_arg(c.node, "devices", 2 if c.kind == "fabric" else None)
         if arg is None:
-            new_args = [*c.node.args]
-            if new_args:
-                new_args[-1] = new_args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-            new_args.append(cst.Arg(cst.Integer(str(devices)), keyword=cst.Name("devices"),
-                                    equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
-            replacements[id(c.node)] = c.node.with_changes(args=new_args)
+            replacements[id(c.node)] = append_keyword(c.node, "devices", cst.Integer(str(devices)))
         elif N.string_value(arg.value) == "auto":
             replacements[id(arg.value)] = cst.Integer(str(devices))
         else:
@@ -140,12 +151,7 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
 
 
 def _with_map_location(call: cst.Call) -> cst.Call:
-    args = [*call.args]
-    if args:
-        args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-    args.append(cst.Arg(cst.SimpleString('"cpu"'), keyword=cst.Name("map_location"),
-                        equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace(""))))
-    return call.with_changes(args=args)
+    return append_keyword(call, "map_location", cst.SimpleString('"cpu"'))
 
 
 def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
-from codemods.cells import BodyPlan, rebuild, split_leading_lines, without_cell_part
+from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement
 from codemods.rules.base import runs_before_a_launch
 
@@ -346,7 +346,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         factory_def = cst.FunctionDef(
             name=cst.Name(factory_name),
             params=cst.Parameters(),
-            body=cst.IndentedBlock(body=[*body, ret]),
+            body=cst.IndentedBlock(body=first_in_block([*body, ret])),
             leading_lines=[],
         )
         factory_call_line = f"{targets} = {factory_name}()\n"
@@ -396,7 +396,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         fn = cst.FunctionDef(
             name=cst.Name(train_name),
             params=cst.Parameters(params=[cst.Param(cst.Name(fabric_name))]),
-            body=cst.IndentedBlock(body=train_body or [cst.SimpleStatementLine([cst.Pass()])]),
+            body=cst.IndentedBlock(body=first_in_block(train_body) or [cst.SimpleStatementLine([cst.Pass()])]),
         )
         launch_lines = [cst.parse_statement(f"{fabric_name}.launch({train_name})\n")]
         if come_back:
@@ -429,7 +429,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     else:
         fn_index = next(st.index for st in statements if isinstance(st.node, cst.FunctionDef) and st.node.name.value == function)
         fn_node = statements[fn_index].node
-        new_fn = fn_node.with_changes(body=fn_node.body.with_changes(body=[*train_body, *fn_node.body.body]))
+        new_fn = fn_node.with_changes(body=fn_node.body.with_changes(body=first_in_block([*train_body, *fn_node.body.body])))
         for i in moved:
             plan.remove(i)
         if factory:
