@@ -150,6 +150,49 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
     return plan, replacements, changes
 
 
+def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
+    """NBR101 in Trainer notebooks (unsafe): other CUDA work that runs before a launch, and whose
+    results nothing else reads, moves into the notebook LightningModule's `on_fit_start` hook, so
+    it runs in each training process instead. Work that something else reads stays reported."""
+    plan = BodyPlan()
+    fits = [lp for lp in facts.launches if lp.kind == "trainer.fit" and lp.via is None]
+    if not fits:
+        return plan, []
+    model = N.call_arg(fits[0].node, "model", 0)
+    value = facts.env.get(model.value.value) if model is not None and isinstance(model.value, cst.Name) else None
+    cls_name = value.node.func.value if value is not None and value.kind == "lightning_module" and isinstance(getattr(value.node, "func", None), cst.Name) else None
+    if cls_name not in facts.lightning_module_classes:
+        return plan, []
+    cls_index = next(st.index for st in facts.statements if isinstance(st.node, cst.ClassDef) and st.node.name.value == cls_name)
+    cls_node = facts.statements[cls_index].node
+    if any(isinstance(s, cst.FunctionDef) and s.name.value == "on_fit_start" for s in cls_node.body.body):
+        return plan, []
+    candidates = sorted({u.statement for u in facts.cuda if u.via is None and runs_before_a_launch(facts, u)})
+    moving = []
+    for i in candidates:
+        st = facts.statements[i]
+        node = st.node
+        if i <= cls_index or not isinstance(node, cst.SimpleStatementLine):
+            continue
+        if any(isinstance(small, (cst.Import, cst.ImportFrom)) for small in node.body):
+            continue
+        on_module = any(_is_lightning_module(c.func.value, facts) for c in st.calls if isinstance(c.func, cst.Attribute) and c.func.attr.value in ("cuda", "to"))
+        readers = [o for o in facts.statements if o.index != i and o.uses & st.defines]
+        if on_module or readers:
+            continue
+        moving.append(i)
+    if not moving:
+        return plan, []
+    body = [without_cell_part(facts.statements[i].node) for i in moving]
+    hook = cst.parse_statement("def on_fit_start(self):\n    pass\n")
+    hook = hook.with_changes(body=hook.body.with_changes(body=body), leading_lines=[cst.EmptyLine(indent=False)])
+    plan.replace(cls_index, [cls_node.with_changes(body=cls_node.body.with_changes(body=[*cls_node.body.body, hook]))])
+    for i in moving:
+        plan.remove(i)
+    cells = sorted({facts.statements[i].cell + 1 for i in moving})
+    return plan, [("NBR101", facts.statements[moving[0]].cell, f"deferred the CUDA work of cell {', '.join(map(str, cells))} into {cls_name}.on_fit_start")]
+
+
 def _with_map_location(call: cst.Call) -> cst.Call:
     return append_keyword(call, "map_location", cst.SimpleString('"cpu"'))
 

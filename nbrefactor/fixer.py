@@ -84,6 +84,10 @@ def _one_pass(check: NotebookCheck, selection: Selection, unsafe_fixes: bool, de
         if outcome.module is not module:
             return outcome.module.code, changes, outcome.refused
         refused += outcome.refused
+    if unsafe_fixes and _enabled(selection, "NBR101"):
+        plan, found = local_fixes.cuda_into_on_fit_start(facts)
+        if plan:
+            return rebuild(module, plan).code, [Change(c, cell + 1, m) for c, cell, m in found], refused
     if _enabled(selection, "NBR201"):
         hooks = data_into_hooks(facts, allow_unsafe=unsafe_fixes)
         refused += hooks.refused
