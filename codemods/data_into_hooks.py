@@ -31,7 +31,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.cells import BodyPlan, first_in_block, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, _names_in
+from codemods.facts import NotebookFacts, data_chain
 
 HOOK_FOR = {  # launch method -> hooks for its data arguments, by position after the model
     "fit": ("train_dataloader", "val_dataloader"),
@@ -121,25 +121,7 @@ def _data_arguments(call: cst.Call, method: str) -> list[tuple[str, cst.Arg]]:
 
 def _chain(facts: NotebookFacts, name: str, before: int) -> list[int]:
     """The top-level data statements that build `name` (the loader and the datasets it reads)."""
-    by_name: dict[str, list] = {}
-    for d in facts.data:
-        for n in d.names:
-            by_name.setdefault(n, []).append(d)
-    out: set[int] = set()
-    # Follow statements, not names: `ds = split(ds)` reads the `ds` defined before it.
-    todo, seen = [(name, before)], set()
-    while todo:
-        n, b = todo.pop()
-        if (n, b) in seen:
-            continue
-        seen.add((n, b))
-        builds = [d for d in by_name.get(n, []) if d.statement < b]
-        if not builds:
-            continue
-        build = builds[-1]
-        out.add(build.statement)
-        todo.extend((m, build.statement) for m in _names_in(build.node))
-    return sorted(out)
+    return sorted({build.statement for build, _ in data_chain(facts.data, [name], before)})
 
 
 def _lightning_base(facts: NotebookFacts) -> tuple[str, cst.BaseStatement | None]:

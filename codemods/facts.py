@@ -732,31 +732,16 @@ class _Analysis:
         """Keep only the data builds whose results reach training (directly or through other data)."""
         facts = self.facts
         reached: list[DataBuild] = []
-        by_name: dict[str, list[DataBuild]] = {}
-        for d in facts.data:
-            for n in d.names:
-                by_name.setdefault(n, []).append(d)
         # Where training happens: launch points, and top-level Fabric training, which consumes
         # the loaders its statement iterates.
         consumers = [(lp.statement, lp.direct, lp.kind) for lp in facts.launches]
         consumers += [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
         consumers += [(t.statement, frozenset(facts.statements[t.statement].uses), "Fabric training") for t in facts.training]
         for at, handed, kind in consumers:
-            todo = [(n, None, at + 1) for n in handed]
-            seen: set[tuple[str, int]] = set()
-            while todo:  # statements, not names: `ds = split(ds)` reads the `ds` built before it
-                name, through, before = todo.pop()
-                if (name, before) in seen:
-                    continue
-                seen.add((name, before))
-                builds = [d for d in by_name.get(name, []) if d.statement < before]
-                if not builds:
-                    continue
-                build = builds[-1]
+            for build, through in data_chain(facts.data, handed, at + 1):
                 if build not in reached:
                     build.handed_to, build.through = kind, through
                     reached.append(build)
-                todo.extend((n, through or name, build.statement) for n in _names_in(build.node))
         facts.data = sorted(reached, key=lambda d: d.statement)
 
 
@@ -853,6 +838,29 @@ def _inside(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
 
     outer.visit(V())
     return found
+
+
+def data_chain(builds: list[DataBuild], names, before: int):
+    """The data builds that `names`, read by a statement at index `before`, come from: yields
+    (build, the name it reaches them through). Follows statements, not names: in
+    `ds = split(ds)` the `ds` read is the one built before."""
+    by_name: dict[str, list[DataBuild]] = {}
+    for d in builds:
+        for n in d.names:
+            by_name.setdefault(n, []).append(d)
+    todo = [(n, None, before) for n in names]
+    seen: set[tuple[str, int]] = set()
+    while todo:
+        name, through, limit = todo.pop()
+        if (name, limit) in seen:
+            continue
+        seen.add((name, limit))
+        candidates = [d for d in by_name.get(name, []) if d.statement < limit]
+        if not candidates:
+            continue
+        build = candidates[-1]
+        yield build, through
+        todo.extend((n, through or name, build.statement) for n in _names_in(build.node))
 
 
 def _cpu_only_calls(module: cst.Module) -> set[int]:

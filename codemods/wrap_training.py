@@ -313,7 +313,6 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     module = facts.module
     statements = facts.statements
     factory = _factory_for(facts, exploration, moved)
-    after = (launch.statement if launch else end) if new_function else launch.statement
     after_launch = {st.index for st in statements if st.index > (end if new_function else launch.statement)}
     moved_set = set(moved)
     defined_in_train = set().union(*(statements[i].defines for i in moved)) if moved else set()

@@ -75,8 +75,6 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, quiet,
 
     Prints `path:cell N:row:col: CODE message` per finding. Exit 0 clean, 1 findings, 2 error.
     """
-    from codemods.rules import ALL_RULES
-    from nbrefactor import config
     from nbrefactor.checker import check_notebook
     from nbrefactor.discover import notebook_paths
     from nbrefactor.notebook.model import read_file, read_notebook
@@ -84,16 +82,7 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, quiet,
 
     if not paths:
         paths = (".",)
-    settings = config.Settings() if isolated else config.load_settings(Path.cwd())
-    for w in settings.warnings:
-        _note(w, quiet)
-    known = [r.code for r in ALL_RULES]
-    if select:
-        settings.select = _codes(select)
-    settings.extend_select += _codes(extend_select)
-    settings.ignore += _codes(ignore)
-    for option, codes in (("--select", settings.select), ("--extend-select", settings.extend_select), ("--ignore", settings.ignore)):
-        config.validate_codes(codes, known, option)
+    settings = _settings(isolated, select, extend_select, ignore, quiet)
     selection = settings.selection()
 
     files, errors = notebook_paths(list(paths), settings.exclude)
