@@ -51,6 +51,7 @@ def main() -> None:
     \b
       nbrefactor check NOTEBOOK...   find fork-unsafe code (cell, line, rule code)
       nbrefactor fix NOTEBOOK...     rewrite it into the fork-safe layout
+      nbrefactor run NOTEBOOK        run it in a real kernel on N forked devices: pass/fail, cell, line, rule
       nbrefactor rules [CODE]        the rule catalogue
     """
 
@@ -325,6 +326,11 @@ def rule_table() -> str:
     for r in ALL_RULES:
         lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.applicability.value} |")
     return "\n".join(lines)
+
+
+from nbrefactor.launcher.command import run as _run  # noqa: E402 - imports click only; torch/nbclient load inside
+
+main.add_command(_run)
 
 
 if __name__ == "__main__":  # pragma: no cover

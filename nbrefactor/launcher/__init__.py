@@ -7,8 +7,8 @@ The parts, in the order a run goes through them:
   line that touched CUDA, probes every launch point before it forks, and has each forked child
   record its rank. It imports nothing but the standard library until the notebook imports torch or
   Lightning.
-- `runner`: starts the kernel (nbclient + ipykernel), runs the cells one at a time with progress,
-  time limits and cleanup (no orphan processes, no held port).
+- `runner`: starts the kernel (nbclient + ipykernel), runs the cells one at a time with progress
+  (`progress`), a time limit, and cleanup (`processes`: no orphan processes, no held port).
 - `report`: turns what the run saw into a verdict, per-cell times, ranks, and the rule that explains
   a failure; as text and as JSON.
 - `command`: the click command `run`.

@@ -26,7 +26,9 @@ when the kernel died or was killed.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.abc
+import inspect
 import itertools
 import json
 import os
@@ -36,9 +38,7 @@ import traceback
 
 STATE = None  # the one _State of this kernel, set by install()
 
-# Strategy names that have a fork variant, and what they become. Fabric has no
-# `ddp_notebook_find_unused_parameters_*` names: those get a DDPStrategy(start_method="fork").
-FP16 = (16, "16", "16-mixed")
+FP16 = (16, "16", "16-mixed")  # precisions that do not exist on CPU
 
 
 class _State:
@@ -134,6 +134,8 @@ def _where(frames) -> dict:
     """The innermost notebook frame, and the innermost frame of all (the library call that did it)."""
     cells = notebook_frames(frames)
     at = dict(cells[-1]) if cells else {"cell": None, "line": None, "function": None, "code": ""}
+    if len(cells) > 1 and (cells[0]["cell"], cells[0]["line"]) != (at["cell"], at["line"]):
+        at["called_from"] = cells[0]  # the line of the running cell that led there
     at["running_cell"] = STATE.cell + 1 if STATE.cell is not None else None
     if frames:
         last = frames[-1]
@@ -155,10 +157,27 @@ def _post_run_cell(result=None) -> None:
         "type": type(err).__name__,
         "message": _text(err),
         "frames": notebook_frames(frames),
+        "traceback": format_traceback(err),
     }
     if isinstance(err, SyntaxError) and err.lineno:
         record["frames"] = [{"cell": record["cell"], "line": err.lineno, "function": "<module>", "code": (err.text or "").strip()}]
     emit(record)
+
+
+def format_traceback(err: BaseException, limit: int = 8000) -> str:
+    """The traceback as Python prints it, with cell code named `cell N` and the launcher's own frames
+    (and IPython's, above the first cell frame) left out."""
+    frames = [fs for fs in traceback.extract_tb(err.__traceback__) if fs.filename != __file__]
+    first = next((i for i, fs in enumerate(frames) if fs.filename in STATE.cell_files), 0)
+    frames = frames[first:]
+    for fs in frames:
+        index = STATE.cell_files.get(fs.filename)
+        if index is not None:
+            _ = fs.line  # read the source line before the name it is cached under changes
+            fs.filename = f"cell {index + 1}"
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames), *traceback.format_exception_only(type(err), err)]
+    text = "".join(lines)
+    return text if len(text) <= limit else text[-limit:]
 
 
 def _text(err: BaseException, limit: int = 8000) -> str:
@@ -211,8 +230,8 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         finally:
             self._busy.discard(name)
         loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
+        if loader is None or isinstance(loader, type) or not hasattr(loader, "exec_module"):
+            return spec  # a built-in or frozen module: nothing of ours
         original = loader.exec_module
 
         def exec_module(module):
@@ -247,7 +266,8 @@ def trace_cuda(kind: str, stack_from=None) -> None:
     if kind in STATE.cuda or not _in_notebook_process():
         return
     frames = traceback.extract_stack(stack_from or sys._getframe(2))
-    record = {"event": "cuda", "kind": kind, **_where(frames)}
+    lightning = any(m in sys.modules for m in ("lightning", "pytorch_lightning", "lightning_fabric"))
+    record = {"event": "cuda", "kind": kind, "lightning_imported": lightning, **_where(frames)}
     STATE.cuda[kind] = record
     emit(record)
 
@@ -367,10 +387,15 @@ def _patch_launcher(kind: str):
             number = STATE.launches
             use_cuda = type(self._strategy.accelerator).__name__ == "CUDAAccelerator"
             probe = fork_probe(use_cuda)
+            try:
+                port = self._strategy.cluster_environment.main_port
+            except Exception:
+                port = None
             record = {
                 "event": "launch",
                 "launch": number,
                 "kind": kind,
+                "port": port,
                 "processes": self._strategy.num_processes,
                 "start_method": self._start_method,
                 "probe": probe,
@@ -396,15 +421,40 @@ def _patch_launcher(kind: str):
     return patch
 
 
+def _function_slot(wrapping) -> int:
+    """Where the training function is among the arguments after `process_idx` (Fabric: first,
+    Trainer: second, after the trainer): the parameter named `function`."""
+    try:
+        names = list(inspect.signature(wrapping).parameters)
+        return names.index("function") - 2  # after self and process_idx
+    except (TypeError, ValueError):
+        return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: this child is killed when the kernel dies, however the kernel dies. Best effort."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != STATE.kernel_pid:  # the kernel died before the line above
+            os._exit(1)
+    except Exception:
+        pass
+
+
 def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **kwargs):
     """The forked child's entry: record the rank, run Lightning's own wrapping function, record the end."""
     STATE.child = (launch, process_idx)
+    _die_with_parent()
     name = f"rank-{launch}-{process_idx}.json"
     record = {"launch": launch, "rank": process_idx, "pid": os.getpid(), "ppid": os.getppid(), "status": "started", "started": time.time()}
     _write_json(name, record)
     args = list(args)
-    # the training function is the argument named `function` (Fabric: 1st after process_idx, Trainer: 2nd)
-    slot = 1 if "pytorch" in type(launcher).__module__ else 0
+    slot = _function_slot(original_wrapping)
     function = args[slot]
 
     @functools.wraps(function)
@@ -424,7 +474,7 @@ def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **
             status="failed",
             type=type(err).__name__,
             message=_text(err),
-            traceback="".join(traceback.format_exception(type(err), err, err.__traceback__))[-8000:],
+            traceback=format_traceback(err),
             frames=notebook_frames(frames),
             ended=time.time(),
         )
@@ -450,6 +500,7 @@ def _target() -> tuple[str, int]:
         if not devices:
             devices = gpus if accelerator == "cuda" and gpus else 2 if accelerator == "cpu" else 1
         STATE.target = (accelerator, int(devices))
+        emit({"event": "target", "accelerator": accelerator, "devices": int(devices), "gpus": gpus})
     return STATE.target
 
 
@@ -467,7 +518,8 @@ def _cuda_device_count() -> int:
 
 def fork_strategy(strategy, root: str, trainer: bool):
     """The fork-based equivalent of the notebook's strategy, or the strategy itself when it has none
-    (FSDP, DeepSpeed...: Lightning then says it is not compatible with a notebook, NBR401)."""
+    (FSDP, DeepSpeed...: Lightning then says it is not compatible with a notebook, NBR401). Fabric has
+    no `ddp_notebook_find_unused_parameters_*` names: those become `DDPStrategy(start_method="fork")`."""
     if strategy is None or (isinstance(strategy, str) and strategy in ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")):
         return "ddp_notebook"
     if isinstance(strategy, str) and strategy.startswith(("ddp_find_unused_parameters_", "ddp_spawn_find_unused_parameters_", "ddp_fork_find_unused_parameters_", "ddp_notebook_find_unused_parameters_")):
@@ -482,9 +534,12 @@ def fork_strategy(strategy, root: str, trainer: bool):
     return strategy
 
 
-def _describe(value) -> str:
+def _describe(value):
+    """The value as the report shows it: itself when JSON has it, else its type."""
     if isinstance(value, (str, int, float, bool, type(None))):
-        return repr(value)
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) for v in value):
+        return list(value)
     return type(value).__name__ + "(...)"
 
 
@@ -525,8 +580,8 @@ def overrides(kind: str, kwargs: dict, root: str) -> tuple[dict, dict]:
         if old is value or (old is not _MISSING and _same(old, value)):
             continue
         new[key] = value
-        if key in ("accelerator", "devices", "num_nodes", "strategy", "precision") or old is not _MISSING:
-            changed[key] = (_describe(old) if old is not _MISSING else "default", _describe(value))
+        if key in ("accelerator", "devices", "strategy") or old is not _MISSING:
+            changed[key] = (_describe(old) if old is not _MISSING else "(default)", _describe(value))
     return new, changed
 
 

@@ -13,6 +13,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import time
 
 PROC = "/proc"
@@ -81,16 +82,40 @@ def kill_all(pids, group: int | None = None) -> None:
 
 
 def wait_gone(pids, timeout: float = 5.0) -> list[int]:
-    """Wait until none of `pids` runs; return those still running after `timeout` seconds."""
+    """Wait until none of `pids` runs, reaping those that are our children (the kernel, and as a
+    subreaper its orphans); return those still running after `timeout` seconds."""
+    me = os.getpid()
     deadline = time.monotonic() + timeout
-    left = [p for p in pids if alive(p)]
-    while left and time.monotonic() < deadline:
-        for pid in left:  # our own children: reap them so they do not stay as zombies
+    while True:
+        for pid in pids:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, os.WNOHANG)
+        pending = []
+        for pid in pids:
+            if not os.path.isdir(PROC):
+                if alive(pid):
+                    pending.append(pid)
+                continue
+            stat = _stat(pid)
+            if stat is None or (stat[0] in ("Z", "X") and stat[1] != me):  # gone, or a zombie init reaps
+                continue
+            pending.append(pid)
+        if not pending or time.monotonic() >= deadline:
+            return [p for p in pending if alive(p)]
         time.sleep(0.02)
-        left = [p for p in left if alive(p)]
-    return left
+
+
+def become_subreaper() -> bool:
+    """Linux: orphans of the kernel (its forked children once it is killed) become our children, so
+    they are reaped here instead of lingering as zombies. Best effort."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        return False
 
 
 def free_port() -> int:

@@ -41,6 +41,7 @@ class Progress:
         self.cell_started = 0.0
         self.note = ""
         self._drawn = False
+        self._partial = ""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -51,8 +52,10 @@ class Progress:
         self.draw()
 
     def end_cell(self, number: int, status: str, seconds: float) -> None:
+        self.flush_output()
         self.done += 1
         self.current = None
+        self.note = ""
         if self.quiet:
             return
         if not self.tty:
@@ -67,10 +70,21 @@ class Progress:
             self.draw()
 
     def output(self, text: str) -> None:
-        """The notebook's own output (`-v`)."""
-        if self.verbose and text:
+        """The notebook's own output (`-v`), a whole line at a time so the bar never cuts one."""
+        if not self.verbose or not text:
+            return
+        self._partial += text
+        if "\n" in self._partial:
+            lines, self._partial = self._partial.rsplit("\n", 1)
             self._clear()
-            self._write(text if text.endswith("\n") else text + "\n")
+            self._write(lines + "\n")
+            self.draw()
+
+    def flush_output(self) -> None:
+        if self._partial:
+            text, self._partial = self._partial, ""
+            self._clear()
+            self._write(text + "\n")
             self.draw()
 
     def draw(self) -> None:
@@ -81,7 +95,8 @@ class Progress:
         bar = "#" * filled + "-" * (20 - filled)
         if self.current:
             number, code = self.current
-            what = f"cell {number}/{self.total_cells} {clock(time.monotonic() - self.cell_started)}  {code}"
+            note = f"  [{self.note}]" if self.note else ""
+            what = f"cell {number}/{self.total_cells} {clock(time.monotonic() - self.cell_started)}{note}  {code}"
         else:
             what = f"{self.done}/{self.code_cells} code cells"
         line = f"{self.label}[{bar}] {clock(self.elapsed())}  {what}"
