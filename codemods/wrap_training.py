@@ -285,16 +285,65 @@ def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_u
     early = [i for i in hazards if i < start]
     region = [
         st.index for st in facts.statements[start : end + 1]
-        if not is_definition(st, facts) and (launch is None or st.index != launch.statement)
+        if _in_region(st, facts, start) and (launch is None or st.index != launch.statement)
     ]
     movable_early = [i for i in early if _movable(facts, i, set(region) | set(early), allow_unsafe)]
     moved = _closure(facts, sorted(set(region) | set(movable_early)), end)
     moved = [i for i in moved if launch is None or i != launch.statement]
     if not moved:
         return out
+    anchor = moved[0]  # `def train` goes where the region starts, not where pulled-in code was
+    moved, copies = _pull_in_read_before_assigned(facts, moved, launch.statement if launch else end)
     training = set(top_training)
     moved, exploration = _split_exploration(facts, moved, set(), training)
-    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end)
+    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end, copies=copies, anchor=anchor)
+
+
+def _in_region(st: Statement, facts: NotebookFacts, start: int) -> bool:
+    """Inside the region range, everything moves but imports, functions, classes, magics, the
+    Fabric object and constants that bind a new name from names the region does not define."""
+    if not is_definition(st, facts):
+        return True
+    if isinstance(st.node, (cst.FunctionDef, cst.ClassDef)) or not st.defines:
+        return False
+    earlier = set().union(*(facts.statements[i].defines for i in range(st.index)))
+    region_defined = set().union(*(facts.statements[i].defines for i in range(start, st.index)))
+    imports = any(isinstance(small, (cst.Import, cst.ImportFrom)) for small in getattr(st.node, "body", ()))
+    return not imports and bool(st.defines & earlier or st.uses & region_defined)
+
+
+def _pull_in_read_before_assigned(facts: NotebookFacts, moved: list[int], launch_at: int) -> tuple[list[int], list[int]]:
+    """Names that become local to `train` but are read there before being assigned
+    (`model, optimizer = fabric.setup(model, optimizer)`) would raise UnboundLocalError: their
+    top-level definition comes along, moved when nothing else at top level reads it, copied
+    otherwise. Returns (moved, copies)."""
+    moved = sorted(moved)
+    copies: list[int] = []
+    statements = facts.statements
+    for _ in range(len(statements)):
+        local = set().union(*(statements[i].defines for i in moved)) if moved else set()
+        assigned: set[str] = set()
+        problem: set[str] = set()
+        for i in sorted(set(moved) | set(copies)):
+            problem |= (statements[i].uses & local) - assigned
+            assigned |= statements[i].defines
+        first = min(moved)
+        definers = []
+        for name in sorted(problem):
+            d = next((st for st in reversed(statements[:first]) if name in st.defines and st.index not in copies), None)
+            if d is None or isinstance(d.node, (cst.FunctionDef, cst.ClassDef)):
+                continue
+            definers.append(d)
+        if not definers:
+            break
+        pulling = {d.index for d in definers}
+        for d in definers:
+            readers = [st for st in statements if st.index not in moved and st.index not in pulling and st.index < launch_at and st.uses & d.defines]
+            if is_definition(d, facts) or readers:
+                copies.append(d.index)
+            else:
+                moved = sorted(set(moved) | {d.index})
+    return moved, sorted(set(copies))
 
 
 def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allow_unsafe) -> Outcome:
@@ -309,7 +358,7 @@ def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allo
     return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function)
 
 
-def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None) -> Outcome:
+def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None, copies=(), anchor=None) -> Outcome:
     module = facts.module
     statements = facts.statements
     factory = _factory_for(facts, exploration, moved)
@@ -350,11 +399,15 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         )
         factory_call_line = f"{targets} = {factory_name}()\n"
 
-    # The statements that will run in the training processes, in order.
+    # The statements that will run in the training processes, in order: first copies of the
+    # top-level definitions that train reads before it rebinds them.
     train_body: list[cst.BaseStatement] = []
     to_fabric_print = _PrintToFabric(fabric_name)
     factory_done = False
-    for i in moved:
+    for i in sorted(set(moved) | set(copies)):
+        if i in copies:
+            train_body.append(without_cell_part(statements[i].node))
+            continue
         if i in factory:
             if not factory_done:
                 train_body.append(cst.parse_statement(factory_call_line))
@@ -383,7 +436,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
 
     plan = BodyPlan()
     changes = []
-    first_moved = moved[0]
+    first_moved = anchor if anchor in moved else moved[0]
     if factory:
         factory_def = factory_def.with_changes(leading_lines=[cst.EmptyLine()])
         factory_call = cst.parse_statement(factory_call_line).with_changes(leading_lines=[cst.EmptyLine()])
@@ -418,6 +471,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         if head or not split_leading_lines(statements[first_moved].node)[0]:
             fn = fn.with_changes(leading_lines=[cst.EmptyLine()])
         if launch_at == first_moved:
+            launch_lines[0] = launch_lines[0].with_changes(leading_lines=[cst.EmptyLine()])
             plan.replace(first_moved, [*head, fn, *launch_lines])
         else:
             plan.replace(first_moved, [*head, fn])
