@@ -19,7 +19,6 @@ pytest.importorskip("jupyter_server", reason="the lab extra (jupyter_server) is 
 pytest.importorskip("pytest_jupyter.jupyter_server", reason="pytest-jupyter[server] is not installed")
 
 from pytest_jupyter.jupyter_server import *  # noqa: E402,F403  (fixtures: jp_fetch, jp_serverapp, ...)
-from tornado.httpclient import HTTPClientError  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
 import nbrefactor  # noqa: E402
@@ -115,7 +114,7 @@ def test_version(fetch):
 
 
 def test_extension_points_and_autoenable_config():
-    import nbrefactor.server as server
+    from nbrefactor import server
 
     assert server._jupyter_server_extension_points() == [{"module": "nbrefactor.server"}]
     config = json.loads((ROOT / "jupyter-config" / "jupyter_server_config.d" / "nbrefactor.json").read_text())

@@ -28,3 +28,9 @@ def _load_jupyter_server_extension(server_app) -> None:
 
 # The name jupyter_server used before 2.0; kept so an older server loads the extension too.
 load_jupyter_server_extension = _load_jupyter_server_extension
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    """For `jupyter labextension develop --overwrite .` in a source checkout (links the built
+    `labextension/dist/nbrefactor-lab`); wheels install the same files as shared data."""
+    return [{"src": "../../labextension/dist/nbrefactor-lab", "dest": "nbrefactor-lab"}]
