@@ -14,12 +14,13 @@ launch, which CUDA they touch, what they return), so `model = build()` with `.cu
 
 from __future__ import annotations
 
-from collections import ChainMap
+from collections import ChainMap, deque
 from dataclasses import dataclass, field
 
 import libcst as cst
 
 from codemods import names as N
+from codemods.walk import children, contains, walk
 from nbrefactor.notebook.join import MARKER
 
 # ---------------------------------------------------------------------------------------------
@@ -180,77 +181,58 @@ class NotebookFacts:
 # Walking one statement
 
 
-class _RunsNow(cst.CSTVisitor):
-    """Collects the calls that run when a statement runs, and the names it reads and binds."""
+@dataclass
+class Scan:
+    """What runs when a statement (or function body) runs: its calls in source order, the names
+    it reads and the names it binds. Function bodies inside it do not run; their decorators and
+    defaults do, and class bodies do."""
 
-    def __init__(self) -> None:
-        self.calls: list[cst.Call] = []
-        self.loads: set[str] = set()
-        self.binds: set[str] = set()
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        for d in node.decorators:
-            d.visit(self)
-        node.params.visit(self)
-        self.binds.add(node.name.value)
-        return False
-
-    def visit_Param(self, node: cst.Param) -> bool:
-        if node.default is not None:
-            node.default.visit(self)
-        if node.annotation is not None:
-            node.annotation.visit(self)
-        return False
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        self.binds.add(node.name.value)
-        return True
-
-    def visit_Lambda(self, node: cst.Lambda) -> bool:
-        node.params.visit(self)
-        return False
-
-    def visit_Call(self, node: cst.Call) -> None:
-        self.calls.append(node)
-
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)
-        return False
-
-    def visit_Name(self, node: cst.Name) -> None:
-        self.loads.add(node.value)
-
-    def visit_Import(self, node: cst.Import) -> bool:
-        self.binds.update(N.import_bindings(node))
-        return False
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
-        self.binds.update(N.import_bindings(node))
-        return False
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self.binds.update(_target_names(node.target))
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self.binds.update(_target_names(node.target))
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        self.binds.update(_target_names(node.target))
-
-    def visit_For(self, node: cst.For) -> None:
-        self.binds.update(_target_names(node.target))
-
-    def visit_WithItem(self, node: cst.WithItem) -> None:
-        if node.asname is not None:
-            self.binds.update(_target_names(node.asname.name))
+    calls: list[cst.Call] = field(default_factory=list)
+    loads: set[str] = field(default_factory=set)
+    binds: set[str] = field(default_factory=set)
+    ifs: list[cst.If] = field(default_factory=list)
 
 
-class _Body(_RunsNow):
-    """Like `_RunsNow`, for a function body (nested function bodies still do not run)."""
+def scan(node: cst.CSTNode) -> Scan:
+    out = Scan()
+    stack: list[cst.CSTNode] = [node]
+    while stack:
+        n = stack.pop()
+        kind = type(n)
+        if kind is cst.Name:
+            out.loads.add(n.value)
+            continue
+        if kind is cst.Call:
+            out.calls.append(n)
+        elif kind is cst.If:
+            out.ifs.append(n)
+        elif isinstance(n, cst.FunctionDef):
+            out.binds.add(n.name.value)
+            stack.extend(reversed([n.params, *n.decorators]))  # the body does not run now
+            continue
+        elif isinstance(n, cst.Param):
+            stack.extend(x for x in (n.annotation, n.default) if x is not None)
+            continue
+        elif isinstance(n, cst.Lambda):
+            stack.append(n.params)
+            continue
+        elif isinstance(n, cst.Attribute):
+            stack.append(n.value)  # `.attr` is not a name read
+            continue
+        elif isinstance(n, cst.Arg):
+            stack.append(n.value)  # `keyword=` is not a name read
+            continue
+        elif isinstance(n, (cst.Import, cst.ImportFrom)):
+            out.binds.update(N.import_bindings(n))
+            continue
+        elif isinstance(n, cst.ClassDef):
+            out.binds.add(n.name.value)
+        elif isinstance(n, (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For)):
+            out.binds.update(_target_names(n.target))
+        elif isinstance(n, cst.WithItem) and n.asname is not None:
+            out.binds.update(_target_names(n.asname.name))
+        stack.extend(reversed(children(n)))
+    return out
 
 
 def _target_names(target: cst.CSTNode) -> set[str]:
@@ -281,31 +263,16 @@ def _assignments(node: cst.CSTNode):
 
 
 def _walk_assignments(body: cst.CSTNode):
-    """Every assignment inside a function body, in text order (not inside nested functions)."""
+    """Every assignment and import inside a block, in text order (not inside nested functions or
+    classes): (target, value) pairs, and (import, import) for imports."""
     found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
-
-    class V(cst.CSTVisitor):
-        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-            return False
-
-        def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-            return False
-
-        def visit_Assign(self, node: cst.Assign) -> None:
-            for t in node.targets:
-                found.append((t.target, node.value))
-
-        def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-            if node.value is not None:
-                found.append((node.target, node.value))
-
-        def visit_Import(self, node: cst.Import) -> None:
-            found.append((node, node))
-
-        def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-            found.append((node, node))
-
-    body.visit(V())
+    for n in walk(body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.ClassDef)) or n is body):
+        if isinstance(n, cst.Assign):
+            found.extend((t.target, n.value) for t in n.targets)
+        elif isinstance(n, cst.AnnAssign) and n.value is not None:
+            found.append((n.target, n.value))
+        elif isinstance(n, (cst.Import, cst.ImportFrom)):
+            found.append((n, n))
     return found
 
 
@@ -323,6 +290,7 @@ class _Analysis:
             module, [], self.env, [], [], [], None, [], [], [], [], [], self.functions
         )
         self._in_progress: set[int] = set()
+        self.if_nodes: list[cst.If] = []  # every `if` the scans met, for the no-CUDA branches
 
     # -- names -----------------------------------------------------------------------------
 
@@ -489,11 +457,11 @@ class _Analysis:
             params += (node.params.star_arg.name.value,)
         if node.params.star_kwarg is not None:
             params += (node.params.star_kwarg.name.value,)
-        scan = _Body()
-        node.body.visit(scan)
+        body_scan = scan(node.body)
+        self.if_nodes.extend(body_scan.ifs)
         # Globals are looked up live (a function runs after the cells that follow its definition).
         local = ChainMap({p: PARAM for p in params}, self.env)
-        summary = FunctionSummary(node.name.value, node, params, set(), scan.calls, local)
+        summary = FunctionSummary(node.name.value, node, params, set(), body_scan.calls, local)
         self._summaries[key] = summary
         for target, value in _walk_assignments(node.body):
             if isinstance(target, (cst.Import, cst.ImportFrom)):
@@ -501,19 +469,12 @@ class _Analysis:
                     local[name] = Value("module", N.canonical(q))
                 continue
             self.bind(target, value, local)
-        summary.free_names = scan.loads - scan.binds - set(params)
-        returns: list[Value] = []
-
-        class R(cst.CSTVisitor):
-            def visit_FunctionDef(self, n: cst.FunctionDef) -> bool:
-                return False
-
-            def visit_Return(self, n: cst.Return) -> None:
-                if n.value is not None:
-                    returns.append(outer.value_of(n.value, local))
-
-        outer = self
-        node.body.visit(R())
+        summary.free_names = body_scan.loads - body_scan.binds - set(params)
+        returns = [
+            self.value_of(n.value, local)
+            for n in walk(node.body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.Lambda)))
+            if isinstance(n, cst.Return) and n.value is not None
+        ]
         summary.returns = next((r for r in returns if r is not None), None)
         return summary
 
@@ -595,12 +556,12 @@ class _Analysis:
             for line in getattr(node, "leading_lines", ()):
                 if line.comment is not None and (m := MARKER.match(line.comment.value)):
                     cell = int(m.group(1))
-            scan = _RunsNow()
-            node.visit(scan)
-            st = Statement(node, index, cell, scan.binds, scan.loads, scan.calls)
+            found = scan(node)
+            self.if_nodes.extend(found.ifs)
+            st = Statement(node, index, cell, found.binds, found.loads, found.calls)
             facts.statements.append(st)
             self.statement(st)
-        facts.cpu_only_calls = _cpu_only_calls(self.module)
+        facts.cpu_only_calls = _cpu_only_calls(self.if_nodes)
         facts.lightning_module_classes = {
             name for name, v in self.env.items()
             if v.kind == "class" and isinstance(v.node, cst.ClassDef) and self.user_class_kind(v.node) == "lightning_module"
@@ -615,7 +576,12 @@ class _Analysis:
         facts, env, node = self.facts, self.env, st.node
         # Imports first, so names resolve in the statement that binds them (also imports inside a
         # top-level `try:` or `if`, the usual "install if missing" cell).
-        imports = [t for t, _ in _walk_assignments(node) if isinstance(t, (cst.Import, cst.ImportFrom))] if not isinstance(node, (cst.FunctionDef, cst.ClassDef)) else []
+        if isinstance(node, cst.SimpleStatementLine):
+            imports = [small for small in node.body if isinstance(small, (cst.Import, cst.ImportFrom))]
+        elif isinstance(node, (cst.If, cst.Try, cst.With, cst.For, cst.While)):
+            imports = [t for t, _ in _walk_assignments(node) if isinstance(t, (cst.Import, cst.ImportFrom))]
+        else:
+            imports = []
         for imp in imports:
             for name, q in N.import_bindings(imp).items():
                 env[name] = Value("module", N.canonical(q))
@@ -745,57 +711,38 @@ class _Analysis:
         facts.data = sorted(reached, key=lambda d: d.statement)
 
 
-class _CallOrder(cst.CSTVisitor):
-    """For each call: the path of (block, statement index, in a loop body) that leads to it, and
-    its order of evaluation within its statement."""
+def _call_paths(root: cst.CSTNode) -> dict[int, tuple[tuple[tuple[int, int, bool], ...], int]]:
+    """For each call under `root`: the path of (block, statement index, in a loop body) that
+    leads to it, and its order of evaluation."""
+    paths: dict[int, tuple[tuple[tuple[int, int, bool], ...], int]] = {}
+    counter = 0
 
-    def __init__(self) -> None:
-        self.stack: list[tuple[int, int, bool]] = []
-        self.paths: dict[int, tuple[tuple[tuple[int, int, bool], ...], int]] = {}
-        self.counter = 0
-        self._loop_body = False
+    def visit(node: cst.CSTNode, path: tuple, loop: bool) -> None:
+        nonlocal counter
+        if isinstance(node, (cst.IndentedBlock, cst.SimpleStatementSuite, cst.Module)):
+            for i, stmt in enumerate(node.body):
+                visit(stmt, (*path, (id(node), i, loop)), False)
+            return
+        if isinstance(node, cst.FunctionDef):
+            return  # runs when called, not here
+        if isinstance(node, cst.Call):
+            counter += 1
+            paths[id(node)] = (path, counter)
+        if isinstance(node, (cst.For, cst.While)):
+            head = node.iter if isinstance(node, cst.For) else node.test
+            visit(head, path, False)
+            visit(node.body, path, True)
+            if node.orelse is not None:
+                visit(node.orelse, path, False)
+            return
+        for child in children(node):
+            visit(child, path, loop if isinstance(child, (cst.IndentedBlock, cst.SimpleStatementSuite)) else False)
 
-    def _block(self, block: cst.CSTNode, loop: bool) -> None:
-        for i, stmt in enumerate(getattr(block, "body", ())):
-            self.stack.append((id(block), i, loop))
-            stmt.visit(self)
-            self.stack.pop()
-
-    def visit_IndentedBlock(self, node: cst.IndentedBlock) -> bool:
-        loop, self._loop_body = self._loop_body, False
-        self._block(node, loop)
-        return False
-
-    def visit_SimpleStatementSuite(self, node: cst.SimpleStatementSuite) -> bool:
-        loop, self._loop_body = self._loop_body, False
-        self._block(node, loop)
-        return False
-
-    def visit_For(self, node: cst.For) -> bool:
-        node.iter.visit(self)
-        self._loop_body = True
-        node.body.visit(self)
-        if node.orelse is not None:
-            node.orelse.visit(self)
-        return False
-
-    def visit_While(self, node: cst.While) -> bool:
-        node.test.visit(self)
-        self._loop_body = True
-        node.body.visit(self)
-        if node.orelse is not None:
-            node.orelse.visit(self)
-        return False
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return False
-
-    def visit_Call(self, node: cst.Call) -> None:
-        self.counter += 1
-        self.paths[id(node)] = (tuple(self.stack), self.counter)
+    visit(root.body if isinstance(root, (cst.FunctionDef, cst.ClassDef)) else root, (), False)
+    return paths
 
 
-_ORDER_CACHE: dict[int, _CallOrder] = {}
+_ORDER_CACHE: dict[int, tuple[cst.CSTNode, dict]] = {}
 
 
 def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> bool:
@@ -805,12 +752,12 @@ def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> boo
     body runs again, so anything in it can run before a later iteration's call; the arguments of a
     call run before it.
     """
-    order = _ORDER_CACHE.get(id(root))
-    if order is None or order.paths.get(id(first)) is None:
-        order = _CallOrder()
-        (root.body if isinstance(root, (cst.FunctionDef, cst.ClassDef)) else root).visit(order)
-        _ORDER_CACHE[id(root)] = order
-    a, b = order.paths.get(id(first)), order.paths.get(id(then))
+    cached = _ORDER_CACHE.get(id(root))
+    if cached is None or cached[0] is not root:
+        cached = (root, _call_paths(root))
+        _ORDER_CACHE[id(root)] = cached
+    paths = cached[1]
+    a, b = paths.get(id(first)), paths.get(id(then))
     if a is None or b is None:
         return True  # not found: assume the worst
     (pa, na), (pb, nb) = a, b
@@ -824,20 +771,7 @@ def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> boo
         return common_loop  # different branches of one compound statement
     if len(pa) != len(pb):
         return True  # one is in a block nested in the other's statement: be conservative
-    return na < nb or _inside(then, first)
-
-
-def _inside(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
-    found = False
-
-    class V(cst.CSTVisitor):
-        def on_visit(self, node: cst.CSTNode) -> bool:
-            nonlocal found
-            found = found or node is inner
-            return not found
-
-    outer.visit(V())
-    return found
+    return na < nb or contains(then, first)
 
 
 def data_chain(builds: list[DataBuild], names, before: int):
@@ -848,10 +782,10 @@ def data_chain(builds: list[DataBuild], names, before: int):
     for d in builds:
         for n in d.names:
             by_name.setdefault(n, []).append(d)
-    todo = [(n, None, before) for n in names]
+    todo = deque((n, None, before) for n in sorted(names))  # sorted, first in first out: stable messages
     seen: set[tuple[str, int]] = set()
     while todo:
-        name, through, limit = todo.pop()
+        name, through, limit = todo.popleft()
         if (name, limit) in seen:
             continue
         seen.add((name, limit))
@@ -860,34 +794,25 @@ def data_chain(builds: list[DataBuild], names, before: int):
             continue
         build = candidates[-1]
         yield build, through
-        todo.extend((n, through or name, build.statement) for n in _names_in(build.node))
+        todo.extend((n, through or name, build.statement) for n in sorted(_names_in(build.node)))
 
 
-def _cpu_only_calls(module: cst.Module) -> set[int]:
+def _cpu_only_calls(if_nodes: list[cst.If]) -> set[int]:
     """Calls that run only when CUDA is absent: the `else` of `if torch.cuda.is_available():`
     (or the body of `if not torch.cuda.is_available():`)."""
     out: set[int] = set()
-
-    def probes(test: cst.BaseExpression) -> tuple[bool, bool]:
+    for node in if_nodes:
+        test = node.test
         negated = isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
         core = test.expression if negated else test
-        text = cst.Module([]).code_for_node(core)
-        return "is_available()" in text and "cuda" in text, negated
-
-    class Calls(cst.CSTVisitor):
-        def visit_Call(self, node: cst.Call) -> None:
-            out.add(id(node))
-
-    class V(cst.CSTVisitor):
-        def visit_If(self, node: cst.If) -> None:
-            is_probe, negated = probes(node.test)
-            if not is_probe:
-                return
-            branch = node.body if negated else node.orelse
-            if branch is not None:
-                branch.visit(Calls())
-
-    module.visit(V())
+        probe = any(
+            isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.func.attr.value == "is_available"
+            and "cuda" in (N.dotted(n.func.value) or "")
+            for n in walk(core)
+        )
+        branch = node.body if negated else node.orelse
+        if probe and branch is not None:
+            out.update(id(n) for n in walk(branch) if isinstance(n, cst.Call))
     return out
 
 
@@ -899,9 +824,7 @@ def _pins_memory(node: cst.CSTNode | None) -> bool:
 
 
 def _names_in(node: cst.CSTNode) -> set[str]:
-    scan = _RunsNow()
-    node.visit(scan)
-    return scan.loads
+    return scan(node).loads
 
 
 def _short(expr: cst.BaseExpression) -> str:

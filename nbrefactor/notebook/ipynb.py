@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -42,15 +43,31 @@ class JsonStyle:
 
 @dataclass
 class IpynbFile:
-    """The parsed JSON plus where each cell sits in the original text."""
+    """The parsed JSON; where each cell sits in the original text and the file's JSON style are
+    worked out only when a notebook is written (checking never needs them)."""
 
     text: str
     data: dict
     cells: list[dict]
-    cell_spans: list[tuple[int, int]]  # [start, end) offsets of each cell object in `text`
-    array_span: tuple[int, int] | None  # offsets of the cells array's '[' and after its ']'
-    style: JsonStyle = field(default_factory=JsonStyle)
     nbformat: int = 4
+
+    @cached_property
+    def _spans(self) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+        return _cell_spans(self.text)
+
+    @property
+    def cell_spans(self) -> list[tuple[int, int]]:
+        """[start, end) offsets of each cell object in `text`."""
+        return self._spans[0]
+
+    @property
+    def array_span(self) -> tuple[int, int] | None:
+        """Offsets of the cells array's '[' and just after its ']'."""
+        return self._spans[1]
+
+    @cached_property
+    def style(self) -> JsonStyle:
+        return detect_style(self.text)
 
 
 class JsonShapeError(ValueError):
@@ -116,7 +133,7 @@ def detect_style(text: str) -> JsonStyle:
     if not re.search(r'"\s*: ', text[:2000]) and re.search(r'":', text[:2000]):
         key_sep = ":"
     item_sep = ", " if indent is None and re.search(r'", "', text[:2000]) else ","
-    has_raw_non_ascii = any(ord(ch) > 127 for ch in text)
+    has_raw_non_ascii = not text.isascii()
     has_escaped_non_ascii = re.search(r"\\u(00[89a-fA-F]|0[1-9a-fA-F]|[1-9a-fA-F])[0-9a-fA-F]{2}", text) is not None
     ensure_ascii = has_escaped_non_ascii and not has_raw_non_ascii
     return JsonStyle(
@@ -134,32 +151,12 @@ def parse(text: str) -> IpynbFile:
     Raises `json.JSONDecodeError` for text that is not JSON and `JsonShapeError` for JSON that is
     not a notebook.
     """
-    # Validate first (json's own message, with line and column); the span scan below then only
-    # ever sees well-formed JSON.
-    value = json.loads(text.lstrip("\ufeff"))
-    if not isinstance(value, dict):
-        raise JsonShapeError(f"top-level JSON value is a {type(value).__name__}, not an object")
-    start = _skip_ws(text, 1 if text.startswith("\ufeff") else 0)
-    data: dict = {}
-    cells: list | None = None
-    spans: list[tuple[int, int]] = []
-    array_span = None
-    members = _scan_object_members(text, start)
-    try:
-        key, pos = next(members)
-        while True:
-            if key == "cells" and text[pos] == "[":
-                value, spans, end = _parse_array_with_spans(text, pos)
-                cells, array_span = value, (pos, end)
-            else:
-                value, end = _DECODER.raw_decode(text, pos)
-            data[key] = value
-            key, pos = members.send(end)
-    except StopIteration as stop:
-        end = stop.value
-    if _skip_ws(text, end) != len(text):
-        raise json.JSONDecodeError("Extra data", text, _skip_ws(text, end))
-
+    # json's own parser validates (its message has line and column); the span scan that writing
+    # needs then only ever sees well-formed JSON.
+    data = json.loads(text.lstrip("\ufeff"))
+    if not isinstance(data, dict):
+        raise JsonShapeError(f"top-level JSON value is a {type(data).__name__}, not an object")
+    cells = data.get("cells")
     nbformat = data.get("nbformat")
     if not isinstance(nbformat, int):
         raise JsonShapeError("no 'nbformat' version: this JSON is not a notebook")
@@ -170,7 +167,7 @@ def parse(text: str) -> IpynbFile:
         worksheets = data.get("worksheets")
         if not isinstance(worksheets, list):
             raise JsonShapeError("nbformat 3 notebook without 'worksheets'")
-        cells, spans, array_span = [], [], None
+        cells = []
         for ws in worksheets:
             if not isinstance(ws, dict) or not isinstance(ws.get("cells", []), list):
                 raise JsonShapeError("nbformat 3 worksheet without a 'cells' list")
@@ -183,7 +180,27 @@ def parse(text: str) -> IpynbFile:
         src = cell.get("input" if nbformat == 3 and cell["cell_type"] == "code" else "source", "")
         if not (isinstance(src, str) or (isinstance(src, list) and all(isinstance(s, str) for s in src))):
             raise JsonShapeError(f"cell {i + 1} has a 'source' that is not text")
-    return IpynbFile(text, data, cells, spans, array_span, detect_style(text), nbformat)
+    return IpynbFile(text, data, cells, nbformat)
+
+
+def _cell_spans(text: str) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """Where each cell object of the (valid) notebook JSON starts and ends, and the cells array."""
+    start = _skip_ws(text, 1 if text.startswith("\ufeff") else 0)
+    spans: list[tuple[int, int]] = []
+    array_span = None
+    members = _scan_object_members(text, start)
+    try:
+        key, pos = next(members)
+        while True:
+            if key == "cells" and text[pos] == "[":
+                _, spans, end = _parse_array_with_spans(text, pos)
+                array_span = (pos, end)
+            else:
+                _, end = _DECODER.raw_decode(text, pos)
+            key, pos = members.send(end)
+    except StopIteration:
+        pass
+    return spans, array_span
 
 
 def cell_source(cell: dict, nbformat: int = 4) -> str:

@@ -58,6 +58,7 @@ class JoinedNotebook:
     code: str
     cells: list[CellInModule]
     magics: list[str] = field(default_factory=list)  # placeholder k -> original line, indentation stripped
+    module: cst.Module | None = None  # the parsed module, when join already had to parse it
 
     @property
     def opaque_cells(self) -> list[CellInModule]:
@@ -212,7 +213,7 @@ def _prepare_cell(source: str, magics: list[str]) -> tuple[str, CellInModule]:
 def _make_unparsable_cells_opaque(joined: JoinedNotebook) -> None:
     """libcst and CPython disagree on a few corners; a cell libcst rejects is made opaque."""
     try:
-        cst.parse_module(joined.code)
+        joined.module = cst.parse_module(joined.code)
         return
     except cst.ParserSyntaxError:
         pass

@@ -1,0 +1,206 @@
+"""nbrefactor's benchmarks: one command, one table, every ratio measured side by side in one run.
+
+    python benchmarks/run.py [--corpus ../shared/corpus] [--repeat 5]
+
+(a) `nbrefactor check` over the corpus against `ruff check` over the same notebooks
+(b) `nbrefactor fix` per notebook against the libcst floor (parse + print of the joined source)
+(c) CLI cold start against `python -c pass` and `python -c "import libcst"`
+(d) peak memory on the largest notebook
+(e) the JupyterLab endpoint's latency for a 100-cell notebook (needs jupyter_server)
+
+Machines are noisy: each measurement is repeated and the median is shown; the targets compare
+numbers taken in the same run. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def median_time(cmd: list[str], repeat: int, **kwargs) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def corpus_notebooks(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.rglob("*") if p.suffix in (".ipynb", ".py") and p.is_file())
+
+
+def bench_check(corpus: Path, repeat: int) -> list[tuple[str, str, str, str]]:
+    nbr = median_time([PY, "-m", "nbrefactor", "check", "-q", str(corpus)], repeat)
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        return [("(a) check over the corpus", f"{nbr:.2f} s", "ruff not installed", "target 3x ruff")]
+    ruffs = median_time([ruff, "check", "--no-cache", "--isolated", "--exit-zero", str(corpus)], repeat)
+    return [("(a) check over the corpus vs ruff check", f"{nbr:.2f} s vs {ruffs:.2f} s", f"{nbr / ruffs:.1f}x", "<= 3x")]
+
+
+def bench_fix(corpus: Path, repeat: int) -> list[tuple[str, str, str, str]]:
+    sys.path.insert(0, str(ROOT))
+    import libcst as cst
+
+    from nbrefactor.errors import NotebookError
+    from nbrefactor.fixer import fix_notebook
+    from nbrefactor.notebook.join import join
+    from nbrefactor.notebook.model import read_notebook
+
+    fix_total = floor_total = 0.0
+    worst = (0.0, "")
+    for path in corpus_notebooks(corpus):
+        try:
+            nb = read_notebook(path)
+        except NotebookError:
+            continue
+        if not nb.is_python:
+            continue
+        code = join(nb).code
+        floors, fixes = [], []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            cst.parse_module(code).code  # noqa: B018 - the floor: parse and print
+            floors.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            try:
+                fix_notebook(read_notebook(path, path.read_bytes()), unsafe_fixes=True, devices=2)
+            except NotebookError:
+                pass
+            fixes.append(time.perf_counter() - t)
+        f, fl = statistics.median(fixes), statistics.median(floors)
+        fix_total += f
+        floor_total += fl
+        if fl > 0.005 and f / fl > worst[0]:
+            worst = (f / fl, path.name)
+    return [
+        ("(b) fix, all corpus notebooks vs libcst parse+print", f"{fix_total:.2f} s vs {floor_total:.2f} s", f"{fix_total / floor_total:.1f}x", "<= 1.5x"),
+        ("    worst single notebook", worst[1][:40], f"{worst[0]:.1f}x", ""),
+    ]
+
+
+def bench_cold_start(repeat: int) -> list[tuple[str, str, str, str]]:
+    bare = median_time([PY, "-c", "pass"], repeat * 2)
+    libcst_import = median_time([PY, "-c", "import libcst"], repeat * 2)
+    help_ = median_time([PY, "-m", "nbrefactor", "--help"], repeat * 2)
+    one = ROOT / "examples" / "fabric_bad.ipynb"
+    check_one = median_time([PY, "-m", "nbrefactor", "check", str(one)], repeat * 2)
+    return [
+        ("(c) cold start: `nbrefactor --help` vs `python -c pass`", f"{help_:.3f} s vs {bare:.3f} s", f"+{help_ - bare:.3f} s", "<= +0.3 s"),
+        ("    `import libcst` alone", f"{libcst_import:.3f} s", f"+{libcst_import - bare:.3f} s", ""),
+        ("    `nbrefactor check` on one small notebook", f"{check_one:.3f} s", f"+{check_one - bare:.3f} s", ""),
+    ]
+
+
+def bench_memory(corpus: Path) -> list[tuple[str, str, str, str]]:
+    largest = max(corpus_notebooks(corpus), key=lambda p: p.stat().st_size)
+    code = (
+        "import resource, sys; from nbrefactor.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    base = subprocess.run([PY, "-c", "import resource, json, sys; json.load(open(sys.argv[1])); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)", str(largest)], capture_output=True, text=True)
+    out = {}
+    for command in ("check", "fix"):
+        args = [command, str(largest)] if command == "check" else [command, "--diff", "--unsafe-fixes", str(largest)]
+        r = subprocess.run([PY, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+        out[command] = int(r.stdout.strip().splitlines()[-1]) / 1024
+    json_only = int(base.stdout.strip()) / 1024
+    size = largest.stat().st_size / 1e6
+    return [
+        (f"(d) peak memory, largest notebook ({size:.1f} MB)", f"check {out['check']:.0f} MiB, fix {out['fix']:.0f} MiB", f"json.load alone {json_only:.0f} MiB", ""),
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_endpoint(repeat: int) -> list[tuple[str, str, str, str]]:
+    try:
+        import jupyter_server  # noqa: F401
+    except ImportError:
+        return [("(e) endpoint latency, 100 cells", "jupyter_server not installed", "", "p95 < 150 ms")]
+    cells = []
+    for i in range(100):
+        src = f"x{i} = {i}\nprint(x{i})" if i % 10 else "import torch\nimport lightning as L\nds = torch.utils.data.TensorDataset(torch.randn(8, 2))"
+        cells.append({"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": src})
+    cells.append({"cell_type": "code", "execution_count": None, "id": "launch", "metadata": {}, "outputs": [],
+                  "source": "def train(fabric):\n    for b in ds:\n        pass\n\nfabric = L.Fabric(accelerator='cuda', devices=2)\nfabric.launch(train)"})
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "P"}}, "nbformat": 4, "nbformat_minor": 5}
+    port, token = _free_port(), "bench"
+    workdir = tempfile.mkdtemp()
+    server = subprocess.Popen(
+        [PY, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}", "--no-browser",
+         "--allow-root", f"--ServerApp.root_dir={workdir}", '--ServerApp.jpserver_extensions={"nbrefactor.server": True}'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/nbrefactor"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/version?token={token}", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        rows = []
+        for endpoint in ("check", "fix"):
+            body = json.dumps({"notebook": nb, "path": "bench.ipynb"}).encode()
+            times = []
+            for i in range(max(20, repeat * 6)):
+                req = urllib.request.Request(f"{url}/{endpoint}", data=body, method="POST",
+                                             headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+                t = time.perf_counter()
+                urllib.request.urlopen(req, timeout=30).read()
+                if i >= 2:  # the first requests warm the worker thread and imports
+                    times.append(time.perf_counter() - t)
+            times.sort()
+            p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95) - 1]
+            rows.append((f"(e) POST /nbrefactor/{endpoint}, 101 cells", f"p50 {p50 * 1000:.0f} ms", f"p95 {p95 * 1000:.0f} ms", "p95 < 150 ms"))
+        return rows
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    rows = []
+    rows += bench_check(args.corpus, args.repeat)
+    rows += bench_fix(args.corpus, max(1, args.repeat // 2))
+    rows += bench_cold_start(args.repeat)
+    rows += bench_memory(args.corpus)
+    rows += bench_endpoint(args.repeat)
+    n = len(corpus_notebooks(args.corpus))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; corpus: {n} files; median of {args.repeat} runs")
+    print()
+    print("| measurement | nbrefactor vs baseline | ratio | target |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""A fast read-only walk over libcst nodes.
+
+libcst's `visit` rebuilds every node it passes (it serves transformers too), which made the
+analysis pass its slowest part. The analysis only reads, so it walks the dataclass fields
+directly and skips the whitespace and punctuation nodes it never looks at: about 2x fewer nodes
+and no reconstruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+import libcst as cst
+
+_SKIP = (
+    cst.SimpleWhitespace, cst.ParenthesizedWhitespace, cst.EmptyLine, cst.Newline, cst.TrailingWhitespace,
+    cst.Comment, cst.Comma, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket, cst.RightSquareBracket,
+    cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Dot, cst.AssignEqual, cst.Colon, cst.Semicolon,
+)
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_WANTED: dict[type, bool] = {}  # libcst classes are ABCs: isinstance is slow, so decide once per type
+
+
+def _wanted(value: object) -> bool:
+    kind = type(value)
+    known = _WANTED.get(kind)
+    if known is None:
+        known = _WANTED[kind] = isinstance(value, cst.CSTNode) and not isinstance(value, _SKIP)
+    return known
+
+
+def children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """The node's child nodes in source order, without whitespace and punctuation."""
+    names = _FIELDS.get(type(node))
+    if names is None:
+        names = _FIELDS[type(node)] = tuple(f.name for f in dataclasses.fields(node))
+    out: list[cst.CSTNode] = []
+    for name in names:
+        value = getattr(node, name)
+        if type(value) in (tuple, list):
+            out.extend(x for x in value if _wanted(x))
+        elif _wanted(value):
+            out.append(value)
+    return out
+
+
+def walk(node: cst.CSTNode, enter: Callable[[cst.CSTNode], bool] | None = None) -> Iterator[cst.CSTNode]:
+    """Every node under `node` (itself included), in source order (pre-order). `enter(n)` returning
+    False yields `n` but not what is inside it."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        if enter is None or enter(current):
+            stack.extend(reversed(children(current)))
+
+
+def contains(outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
+    return any(n is inner for n in walk(outer))
