@@ -15,6 +15,7 @@ from nbrefactor.errors import NotebookError
 from nbrefactor.notebook.join import join
 from nbrefactor.notebook.model import read_notebook
 from tests.conftest import CORPUS, corpus_files, run_cli
+from tests.invariants import assert_fix_invariants
 
 FILES = corpus_files()
 pytestmark = pytest.mark.skipif(not FILES, reason="../shared/corpus is absent")
@@ -76,11 +77,4 @@ def test_fix_is_idempotent_and_clean_of_what_it_fixed(path):
     except NotebookError as err:
         assert "nbformat 3" in str(err)  # v3 notebooks are read-only: refusing to write is right
         return
-    if not result.changed:
-        assert result.fixed == nb.raw
-        return
-    again = fix_notebook(read_notebook(path, result.fixed.encode()), unsafe_fixes=True, devices=2)
-    assert again.fixed == result.fixed, "fix is not idempotent"
-    fixed_codes = {c.code for c in result.changes}
-    remaining = {d.code for d in check_notebook(read_notebook(path, result.fixed.encode()), Selection()).diagnostics}
-    assert not (fixed_codes - {"NBR201", "NBR101"}) & remaining, remaining
+    assert_fix_invariants(nb.raw, result, unsafe_fixes=True, devices=2)

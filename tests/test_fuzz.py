@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import hypothesmith
-import libcst as cst
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +22,8 @@ from nbrefactor.cli import main
 from nbrefactor.config import Selection
 from nbrefactor.errors import NotebookError
 from nbrefactor.fixer import fix_notebook
-from nbrefactor.notebook.join import join
 from nbrefactor.notebook.model import read_notebook
+from tests.invariants import assert_fix_invariants
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -47,22 +46,7 @@ def _assert_invariants(data: bytes, unsafe: bool = True) -> None:
     nb = read_notebook("fuzz.ipynb", data)
     check_notebook(nb, Selection())
     result = fix_notebook(nb, unsafe_fixes=unsafe, devices=2)
-    if not result.changed:
-        assert result.fixed == nb.raw
-        return
-    fixed = read_notebook("fuzz.ipynb", result.fixed.encode())
-    cst.parse_module(join(fixed).code)  # the fixed notebook's code parses
-    again = fix_notebook(fixed, unsafe_fixes=unsafe, devices=2)
-    assert again.fixed == result.fixed, "fix is not idempotent"
-    before, after = json.loads(data), json.loads(result.fixed)
-    assert {k: v for k, v in before.items() if k != "cells"} == {k: v for k, v in after.items() if k != "cells"}
-    new_by_id = {c["id"]: c for c in after["cells"]}
-    for cell in before["cells"]:
-        new = new_by_id.get(cell["id"])
-        if new is not None and new["source"] == cell["source"]:
-            assert new == cell, "an untouched cell changed"
-        if cell["cell_type"] != "code":
-            assert new == cell, "a markdown cell changed or vanished"
+    assert_fix_invariants(nb.raw, result, unsafe_fixes=unsafe, devices=2)
 
 
 MAGICS = ["%matplotlib inline", "!pip install -q lightning", "%load_ext autoreload", "%time", "obj?"]

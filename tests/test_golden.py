@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nbrefactor.checker import check_notebook
-from nbrefactor.config import Selection
 from nbrefactor.fixer import fix_notebook
 from nbrefactor.notebook.model import read_notebook
 from tests.conftest import ROOT
+from tests.invariants import assert_fix_invariants
 from tests.kernel import one_process, run_notebook, single_process_env
 
 CASES = sorted(p for p in (ROOT / "golden").iterdir() if (p / "case.json").is_file())
@@ -46,34 +45,8 @@ def test_fix_matches_expected(case, update_goldens):
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_invariants(case):
     meta, options = _case(case)
-    original = json.loads((case / "input.ipynb").read_text())
-    result = _fix(case / "input.ipynb", options)
-    fixed = json.loads(result.fixed)
-    # Nothing but cells changes.
-    assert {k: v for k, v in fixed.items() if k != "cells"} == {k: v for k, v in original.items() if k != "cells"}
-    # Untouched cells are identical; ids stay; only reported cells are removed.
-    by_id = {c["id"]: c for c in fixed["cells"]}
-    removed = {original["cells"][n - 1]["id"] for n in result.deleted_cells}
-    for cell in original["cells"]:
-        new = by_id.get(cell["id"])
-        if new is None:
-            assert cell["id"] in removed, f"cell {cell['id']} vanished without being reported"
-            assert cell["cell_type"] == "code"
-            continue
-        if new["source"] == cell["source"]:
-            assert new == cell, f"untouched cell {cell['id']} changed"
-        else:
-            assert new["cell_type"] == "code" and new["metadata"] == cell["metadata"]
-            assert new.get("outputs") == [] and new.get("execution_count") is None
-    assert [c["id"] for c in fixed["cells"]] == [c["id"] for c in original["cells"] if c["id"] not in removed]
-    # Idempotent, and clean of what it fixed.
-    again = fix_notebook(read_notebook("again.ipynb", result.fixed.encode()), **options)
-    assert again.fixed == result.fixed
-    fixed_codes = {c.code for c in result.changes}
-    remaining = check_notebook(read_notebook("x.ipynb", result.fixed.encode()), Selection()).diagnostics
-    assert not fixed_codes & {d.code for d in remaining}
-    if not result.changed:
-        assert result.fixed == (case / "input.ipynb").read_text()
+    original = (case / "input.ipynb").read_text()
+    assert_fix_invariants(original, _fix(case / "input.ipynb", options), **options)
 
 
 RUNNABLE = [c for c in CASES if _case(c)[0].get("runnable")]
