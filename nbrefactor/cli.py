@@ -56,6 +56,78 @@ def main() -> None:
     """
 
 
+_STDIN_HELP = "Name of the notebook read from `-` (stdin): its suffix gives the format (default: JSON is .ipynb, text is a jupytext .py notebook)."
+_PRE_COMMIT_HELP = (
+    "Run as a pre-commit hook: only the files named (none: nothing to do, exit 0), `.py`/`.md` files "
+    "only when they are jupytext notebooks, and `exclude` applies to them."
+)
+
+
+def _paths(paths, settings, pre_commit: bool):
+    """(files, errors) to work on; the sides of a jupytext pair count once."""
+    from nbrefactor.discover import named_notebooks, notebook_paths
+
+    if pre_commit:
+        return named_notebooks(list(paths), settings.exclude)
+    return notebook_paths(list(paths or (".",)), settings.exclude)
+
+
+def _load(path, stdin_filename: str | None):
+    """(notebook, name to show, jupytext pair or None, bytes read) for a path, `-` being stdin.
+
+    A file that is one side of a jupytext pair is read as `jupytext --sync` reads the pair: the
+    notebook comes from its most recently modified side."""
+    from nbrefactor.notebook.model import read_file, read_notebook
+
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        name = stdin_filename or ("stdin.ipynb" if data.lstrip().startswith(b"{") else "stdin.py")
+        return read_notebook(name, data), stdin_filename or "-", None, data
+    data = read_file(path)
+    from nbrefactor.notebook.pairs import may_be_paired, read_pair
+
+    if may_be_paired(path, data.decode("utf-8", errors="replace")):
+        pair = read_pair(path, data)
+        if pair is not None:
+            return pair.notebook, str(path), pair, data
+    return read_notebook(path, data), str(path), None, data
+
+
+def _shown(diagnostics, name: str, notebook) -> list:
+    """Diagnostics named as the user named the notebook (a pair's other side, stdin)."""
+    import dataclasses
+
+    if name == notebook.path:
+        return list(diagnostics)
+    return [dataclasses.replace(d, path=name) for d in diagnostics]
+
+
+def _statistics(diagnostics, output_format: str) -> str:
+    """A count per rule code, most frequent first (ruff's `--statistics`)."""
+    import json
+    from collections import Counter
+
+    counts = Counter(d.code for d in diagnostics)
+    first = {}
+    for d in diagnostics:
+        first.setdefault(d.code, d)
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if output_format == "json":
+        return json.dumps(
+            [
+                {"code": code, "name": first[code].name, "count": n, "fixable": first[code].applicability != "none",
+                 "fix": first[code].applicability}
+                for code, n in rows
+            ],
+            indent=2,
+        ) + "\n"
+    if not rows:
+        return ""
+    width = len(str(rows[0][1]))
+    mark = {"safe": "[*] ", "unsafe": "[-] "}
+    return "".join(f"{n:>{width}}\t{code}\t{mark.get(first[code].applicability, '[ ] ')}{first[code].name}\n" for code, n in rows)
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option(
@@ -69,32 +141,31 @@ def main() -> None:
 @click.option("--extend-select", multiple=True, help="Codes to add to the configured selection.")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes to skip (comma-separated).")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings.")
+@click.option("--statistics", is_flag=True, help="Print how many findings each rule has, not the findings.")
 @click.option("-q", "--quiet", is_flag=True, help="Print findings only: no notes, no summary.")
 @click.option("--isolated", is_flag=True, help="Ignore [tool.nbrefactor] in pyproject.toml.")
-def check(paths, output_format, select, extend_select, ignore, exit_zero, quiet, isolated):
-    """Find fork-unsafe code in notebooks (files, or folders searched for notebooks).
+@click.option("--stdin-filename", metavar="NAME", help=_STDIN_HELP)
+@click.option("--pre-commit", "pre_commit", is_flag=True, help=_PRE_COMMIT_HELP)
+def check(paths, output_format, select, extend_select, ignore, exit_zero, statistics, quiet, isolated, stdin_filename, pre_commit):
+    """Find fork-unsafe code in notebooks (files, or folders searched for notebooks; `-` reads stdin).
 
     Prints `path:cell N:row:col: CODE message` per finding. Exit 0 clean, 1 findings, 2 error.
+    A side of a jupytext pair is checked as `jupytext --sync` would read the pair.
     """
     from nbrefactor.checker import check_notebook
-    from nbrefactor.discover import notebook_paths
-    from nbrefactor.notebook.model import read_file, read_notebook
     from nbrefactor.report import render
 
-    if not paths:
-        paths = (".",)
     settings = _settings(isolated, select, extend_select, ignore, quiet)
     selection = settings.selection()
 
-    files, errors = notebook_paths(list(paths), settings.exclude)
+    files, errors = _paths(paths, settings, pre_commit)
     for err in errors:
         _error(err.one_line())
     diagnostics = []
     checked = 0
     for path in files:
         try:
-            data = sys.stdin.buffer.read() if str(path) == "-" else read_file(path)
-            notebook = read_notebook(path, data)
+            notebook, name, _pair, _data = _load(path, stdin_filename)
         except NotANotebook as err:
             _note(f"{err.one_line()}; skipped", quiet)
             continue
@@ -103,18 +174,22 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, quiet,
             _error(err.one_line())
             continue
         if not notebook.is_python:
-            _note(f"{notebook.path}: skipped, the kernel language is {notebook.language}", quiet)
+            _note(f"{name}: skipped, the kernel language is {notebook.language}", quiet)
             continue
+        notebook.path = name
         result = check_notebook(notebook, selection)
         checked += 1
         for w in result.warnings:
             row = f":{w.row}" if w.row else ""
-            _note(f"{w.path}:cell {w.cell}{row}: {w.message}", quiet)
+            _note(f"{name}:cell {w.cell}{row}: {w.message}", quiet)
         diagnostics.extend(result.diagnostics)
 
-    if not files and not errors:
+    if not files and not errors and not pre_commit:
         _note("no notebooks found under the given paths", quiet)
-    click.echo(render(diagnostics, output_format), nl=False)
+    if statistics:
+        click.echo(_statistics(diagnostics, "json" if output_format == "json" else "text"), nl=False)
+    else:
+        click.echo(render(diagnostics, output_format), nl=False)
     if output_format in ("text", "concise") and not quiet:
         if diagnostics:
             fixable = sum(d.applicability != "none" for d in diagnostics)
@@ -143,7 +218,7 @@ def _settings(isolated, select, extend_select, ignore, quiet):
     return settings
 
 
-def _cell_diff(result) -> str:
+def _cell_diff(result, name: str | None = None) -> str:
     """A unified diff per changed cell, headed `path:cell N` (numbers of the original notebook)."""
     import difflib
 
@@ -166,7 +241,7 @@ def _cell_diff(result) -> str:
             new_source = new.source if new is not None else ""
         if new_source == c.source:
             continue
-        label = f"{before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
+        label = f"{name or before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
         diff = difflib.unified_diff(
             c.source.splitlines(True), new_source.splitlines(True), fromfile=label, tofile=label, lineterm="\n"
         )
@@ -185,83 +260,110 @@ def _cell_diff(result) -> str:
 @click.option("--select", multiple=True, help="Rule codes or prefixes to fix (comma-separated).")
 @click.option("--extend-select", multiple=True, help="Codes to add to the configured selection.")
 @click.option("--ignore", multiple=True, help="Rule codes or prefixes not to fix.")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings remain (or, with --diff/--check, something would change).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only what remains to fix.")
 @click.option("--isolated", is_flag=True, help="Ignore [tool.nbrefactor] in pyproject.toml.")
-def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, extend_select, ignore, quiet, isolated):
+@click.option("--stdin-filename", metavar="NAME", help=_STDIN_HELP)
+@click.option("--pre-commit", "pre_commit", is_flag=True, help=_PRE_COMMIT_HELP)
+def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, extend_select, ignore, exit_zero, quiet, isolated, stdin_filename, pre_commit):
     """Rewrite notebooks into the fork-safe layout.
 
     Fabric: training into `def train(fabric)` + `fabric.launch(train)`, data and CUDA work inside
     it. Safe fixes apply by default, unsafe ones with --unsafe-fixes. Only changed cells are
-    written (their outputs cleared); everything else in the file stays byte for byte.
+    written (their outputs cleared); everything else in the file stays byte for byte. Both sides
+    of a jupytext pair are written, as `jupytext --sync` would. `fix -` reads a notebook on stdin
+    and writes it to stdout (messages go to stderr; exit 0 unless --check), so it works as
+    `jupytext --sync --pipe "nbrefactor fix -" nb.ipynb`.
     Exit 0 when nothing remains to fix, 1 when findings remain (or, with --diff/--check, when
     something would change), 2 on error.
     """
-    from nbrefactor.discover import notebook_paths
     from nbrefactor.fixer import fix_notebook
-    from nbrefactor.notebook.model import read_file, read_notebook
     from nbrefactor.report import text_line
-    from nbrefactor.writer import fingerprint, write_atomically
+    from nbrefactor.writer import fingerprint, write_atomically, write_together
 
-    if not paths:
-        paths = (".",)
     settings = _settings(isolated, select, extend_select, ignore, quiet)
     if unsafe_fixes is None:
         unsafe_fixes = settings.unsafe_fixes
     selection = settings.selection()
-    files, errors = notebook_paths(list(paths), settings.exclude)
+    files, errors = _paths(paths, settings, pre_commit)
     for err in errors:
         _error(err.one_line())
     if output and len(files) != 1:
         _error("-o/--output takes exactly one notebook")
         sys.exit(EXIT_ERROR)
+    piped = any(str(p) == "-" for p in files)
+    to_stderr = piped or show_diff  # stdout carries the notebook (or the diff)
     would_change = 0
     remaining_total = 0
     fixed_total = 0
     for path in files:
+        stdin = str(path) == "-"
         try:
-            data = read_file(path)
-            notebook = read_notebook(path, data)
+            notebook, name, pair, data = _load(path, stdin_filename)
             if not notebook.is_python:
-                _note(f"{notebook.path}: skipped, the kernel language is {notebook.language}", quiet)
+                _note(f"{name}: skipped, the kernel language is {notebook.language}", quiet)
+                if stdin and not (show_diff or check_only):
+                    sys.stdout.buffer.write(data)
                 continue
             result = fix_notebook(notebook, unsafe_fixes=unsafe_fixes, devices=devices, selection=selection)
             for line in result.refused:
-                _note(f"{notebook.path}: {line}", quiet)
+                _note(f"{name}: {line}", quiet)
+            also = []
             if result.changed:
                 would_change += 1
                 fixed_total += len(list(_dedupe(result.changes)))
                 if show_diff:
-                    click.echo(_cell_diff(result), nl=False)
-                elif not check_only:
+                    click.echo(_cell_diff(result, name), nl=False)
+                elif check_only:
+                    pass
+                elif stdin:
+                    pass  # written below
+                elif pair is not None:
+                    from nbrefactor.notebook.pairs import pair_contents
+
+                    contents = pair_contents(pair, result)
+                    if output:
+                        mine = next((t for p, t, _ in contents if p == str(path)), data.decode("utf-8"))
+                        write_atomically(output, mine)
+                    else:
+                        written = write_together(contents)
+                        also = [p for p in written if p != str(path)]
+                else:
                     write_atomically(output or path, result.fixed, None if output else fingerprint(data))
                 if not quiet and not show_diff:
                     verb = "would fix" if check_only else "fixed"
                     target = f" -> {output}" if output and not check_only else ""
-                    click.echo(f"{notebook.path}{target}: {verb}")
+                    paired = f" (and {', '.join(also)}, its jupytext pair)" if also else ""
+                    click.echo(f"{name}{target}: {verb}{paired}", err=to_stderr)
                     for ch in _dedupe(result.changes):
-                        click.echo(f"  cell {ch.cell}: {ch.code} {ch.message}")
-            remaining = result.remaining
+                        click.echo(f"  cell {ch.cell}: {ch.code} {ch.message}", err=to_stderr)
+            if stdin and not (show_diff or check_only):
+                sys.stdout.buffer.write(result.fixed.encode("utf-8"))
+                sys.stdout.flush()
+            remaining = _shown(result.remaining, name, result.after or notebook)
             remaining_total += len(remaining)
             for d in remaining:
-                click.echo(text_line(d))
+                click.echo(text_line(d), err=to_stderr)
         except NotANotebook as err:
             _note(f"{err.one_line()}; skipped", quiet)
         except NotebookError as err:
             errors.append(err)
             _error(err.one_line())
-    if not quiet:
+    if not quiet and (files or not pre_commit):
         summary = []
         if fixed_total:
             summary.append(f"{fixed_total} change{'s' * (fixed_total != 1)} in {would_change} notebook{'s' * (would_change != 1)}" + (" (not written)" if show_diff or check_only else ""))
         if remaining_total:
             hint = "" if unsafe_fixes else " (some may need --unsafe-fixes or --devices N; see `nbrefactor rules CODE`)"
             summary.append(f"{remaining_total} finding{'s' * (remaining_total != 1)} remain{'s' * (remaining_total == 1)}{hint}")
-        click.echo(("; ".join(summary) + ".") if summary else "Nothing to fix.", err=show_diff)
+        click.echo(("; ".join(summary) + ".") if summary else "Nothing to fix.", err=to_stderr)
     if errors:
         sys.exit(EXIT_ERROR)
     if show_diff or check_only:
-        sys.exit(EXIT_FINDINGS if would_change else EXIT_CLEAN)
-    sys.exit(EXIT_FINDINGS if remaining_total else EXIT_CLEAN)
+        sys.exit(EXIT_FINDINGS if would_change and not exit_zero else EXIT_CLEAN)
+    if piped:
+        sys.exit(EXIT_CLEAN)  # a filter (jupytext --pipe) must not fail because findings remain
+    sys.exit(EXIT_FINDINGS if remaining_total and not exit_zero else EXIT_CLEAN)
 
 
 def _dedupe(changes):

@@ -3,6 +3,8 @@
 In a folder every `.ipynb` is a notebook; a `.py` or `.md` counts only when it is a jupytext
 notebook (a jupytext header or `# %%` cell markers), so a package's modules are not linted.
 Hidden folders, `.ipynb_checkpoints`, virtual environments and `node_modules` are skipped.
+The sides of a jupytext pair (`nb.ipynb` and `nb.py`) are one notebook: listed once, by its
+`.ipynb` when that is among the files found or named.
 """
 
 from __future__ import annotations
@@ -55,4 +57,58 @@ def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[lis
             found.append(p)
         else:
             errors.append(NotebookError(raw, "no such file or folder"))
-    return found, errors
+    return _one_per_pair(found), errors
+
+
+def _one_per_pair(paths: list[Path]) -> list[Path]:
+    """`paths` with every jupytext pair kept once (at its first place, named by its .ipynb when
+    that is listed)."""
+    from nbrefactor.notebook.pairs import may_be_paired, pair_key
+
+    keys: list[object] = []
+    for p in paths:
+        if str(p) == "-":
+            keys.append(None)
+            continue
+        key = None
+        if p.is_file() and may_be_paired(p):
+            key = pair_key(p)
+        keys.append(key)
+    chosen: dict[object, Path] = {}
+    order: list[object] = []
+    for p, key in zip(paths, keys):
+        if key is None:
+            order.append(object())
+            chosen[order[-1]] = p
+        elif key not in chosen:
+            order.append(key)
+            chosen[key] = p
+        elif p.suffix == ".ipynb" and chosen[key].suffix != ".ipynb":
+            chosen[key] = p
+    return [chosen[k] for k in order]
+
+
+def named_notebooks(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[list[Path], list[NotebookError]]:
+    """The notebooks among files named one by one, as a pre-commit hook gets them: a `.py` or
+    `.md` file only when it is a jupytext notebook, `exclude` applied, folders searched, the
+    sides of a pair once. No paths: nothing."""
+    found: list[Path] = []
+    errors: list[NotebookError] = []
+    folders: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if raw == "-":
+            found.append(p)
+        elif p.is_dir():
+            folders.append(raw)
+        elif not (p.exists() or p.is_symlink()):
+            errors.append(NotebookError(raw, "no such file or folder"))
+        elif _excluded(p, exclude):
+            continue
+        elif p.suffix == ".ipynb" or (p.suffix in (".py", ".md") and _looks_like_text_notebook(p)):
+            found.append(p)
+    if folders:
+        more, more_errors = notebook_paths(folders, exclude)
+        found += more
+        errors += more_errors
+    return _one_per_pair(found), errors

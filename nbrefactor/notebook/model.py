@@ -45,6 +45,7 @@ class Notebook:
     read_only_reason: str | None = None
     _ipynb: ipynb.IpynbFile | None = None
     _jupytext_nb: object | None = None  # the jupytext NotebookNode, for text formats
+    _jupytext_config: object | None = None  # the jupytext configuration it was read with (jupytext.toml)
 
     @property
     def is_python(self) -> bool:
@@ -73,18 +74,14 @@ class Notebook:
 
 
 def _render_text(nb: Notebook, changed: dict[int, str], deleted: set[int] = frozenset()) -> str:
-    import copy
+    """The text notebook with only the changed cells' text replaced and the deleted cells' text
+    removed (see `nbrefactor.notebook.text`); header, markers and other cells stay byte for byte."""
+    from nbrefactor.notebook.text import TextLayoutError, splice
 
-    import jupytext
-
-    node = copy.deepcopy(nb._jupytext_nb)
-    for i, src in changed.items():
-        node.cells[i].source = src
-    node.cells = [c for i, c in enumerate(node.cells) if i not in deleted]
-    text = jupytext.writes(node, fmt=nb.format)
-    if nb.raw.endswith("\n") and not text.endswith("\n"):
-        text += "\n"
-    return text
+    try:
+        return splice(nb._jupytext_nb, nb.raw, nb.format, changed, set(deleted), nb._jupytext_config)
+    except TextLayoutError as err:
+        raise NotebookError(nb.path, f"cannot rewrite this {nb.format} notebook cell by cell: {err}; nothing written") from None
 
 
 def _decode(path: str, data: bytes) -> str:
@@ -162,10 +159,13 @@ def _read_ipynb(path: str, text: str) -> Notebook:
 
 
 def _read_text(path: str, text: str, suffix: str) -> Notebook:
-    import jupytext  # 2 s to import: only for text notebooks
+    import jupytext  # only for text notebooks
 
+    from nbrefactor.notebook.text import jupytext_config
+
+    config = jupytext_config(path)
     try:
-        node = jupytext.reads(text, fmt=suffix.lstrip("."))
+        node = jupytext.reads(text, fmt=suffix.lstrip("."), config=config)
     except Exception as err:  # jupytext raises many types for malformed headers
         raise NotebookError(path, f"jupytext could not read it: {err}") from None
     info = node.metadata.get("jupytext", {}).get("text_representation", {})
@@ -176,7 +176,7 @@ def _read_text(path: str, text: str, suffix: str) -> Notebook:
         Cell(i, c.cell_type, c.source, None, dict(c.metadata)) for i, c in enumerate(node.cells)
     ]
     language = _kernel_language(node.metadata) or ("python" if suffix == ".py" else None)
-    return Notebook(path, fmt, cells, language, text, None, _jupytext_nb=node)
+    return Notebook(path, fmt, cells, language, text, None, _jupytext_nb=node, _jupytext_config=config)
 
 
 def notebook_from_cells(cells: list[tuple[str, str]], path: str = "<example>.ipynb") -> Notebook:
