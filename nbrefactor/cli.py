@@ -7,7 +7,9 @@ imported inside the commands so that `nbrefactor --help` starts fast.
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -152,7 +154,6 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
     Prints `path:cell N:row:col: CODE message` per finding. Exit 0 clean, 1 findings, 2 error.
     A side of a jupytext pair is checked as `jupytext --sync` would read the pair.
     """
-    from nbrefactor.checker import check_notebook
     from nbrefactor.report import render
 
     settings = _settings(isolated, select, extend_select, ignore, quiet)
@@ -163,26 +164,14 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
         _error(err.one_line())
     diagnostics = []
     checked = 0
-    for path in files:
-        try:
-            notebook, name, _pair, _data = _load(path, stdin_filename)
-        except NotANotebook as err:
-            _note(f"{err.one_line()}; skipped", quiet)
-            continue
-        except NotebookError as err:
-            errors.append(err)
-            _error(err.one_line())
-            continue
-        if not notebook.is_python:
-            _note(f"{name}: skipped, the kernel language is {notebook.language}", quiet)
-            continue
-        notebook.path = name
-        result = check_notebook(notebook, selection)
-        checked += 1
-        for w in result.warnings:
-            row = f":{w.row}" if w.row else ""
-            _note(f"{name}:cell {w.cell}{row}: {w.message}", quiet)
-        diagnostics.extend(result.diagnostics)
+    for outcome in _map_files(_check_file, files, stdin_filename, selection):
+        for note in outcome.notes:
+            _note(note, quiet)
+        if outcome.error is not None:
+            errors.append(outcome.error)
+            _error(outcome.error.one_line())
+        checked += outcome.checked
+        diagnostics.extend(outcome.diagnostics)
 
     if not files and not errors and not pre_commit:
         _note("no notebooks found under the given paths", quiet)
@@ -199,6 +188,66 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_FINDINGS if diagnostics and not exit_zero else EXIT_CLEAN)
+
+
+@dataclass
+class _FileOutcome:
+    """What checking one file gave: printed by the parent, whichever process did the work."""
+
+    diagnostics: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: NotebookError | None = None
+    checked: bool = False
+
+
+def _check_file(path, stdin_filename, selection) -> _FileOutcome:
+    from nbrefactor.checker import check_notebook
+
+    out = _FileOutcome()
+    try:
+        notebook, name, _pair, _data = _load(path, stdin_filename)
+    except NotANotebook as err:
+        out.notes.append(f"{err.one_line()}; skipped")
+        return out
+    except NotebookError as err:
+        out.error = err
+        return out
+    if not notebook.is_python:
+        out.notes.append(f"{name}: skipped, the kernel language is {notebook.language}")
+        return out
+    notebook.path = name
+    result = check_notebook(notebook, selection)
+    out.checked = True
+    for w in result.warnings:
+        row = f":{w.row}" if w.row else ""
+        out.notes.append(f"{name}:cell {w.cell}{row}: {w.message}")
+    out.diagnostics = result.diagnostics
+    return out
+
+
+def _map_files(work, files, stdin_filename, selection):
+    """`work(file, ...)` for every file, in order; on several cores and several files, in worker
+    processes (parsing is most of the time, and it is per file)."""
+    jobs = min(len(files), os.cpu_count() or 1, 8)
+    if jobs < 2 or len(files) < 4 or any(str(f) == "-" for f in files):
+        for f in files:
+            yield work(f, stdin_filename, selection)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            for outcome in pool.map(work, files, [stdin_filename] * len(files), [selection] * len(files), chunksize=1):
+                done += 1
+                yield outcome
+    except BrokenProcessPool:  # a worker died (out of memory, a signal): finish in this process
+        for f in files[done:]:
+            yield work(f, stdin_filename, selection)
 
 
 def _settings(isolated, select, extend_select, ignore, quiet):

@@ -16,6 +16,10 @@ class NotebookError(Exception):
         self.line = line
         super().__init__(self.one_line())
 
+    def __reduce__(self):
+        """Picklable, so an error found in a worker process reaches the CLI intact."""
+        return (self.__class__, (self.path, self.message), {"cell": self.cell, "line": self.line})
+
     def one_line(self) -> str:
         where = self.path
         if self.cell is not None:
