@@ -128,6 +128,7 @@ def fix_notebook(
     current = notebook
     origin = [c.number for c in notebook.cells]  # current cell index -> number in the original
     seen_refusals: set[str] = set()
+    check = None
     for _ in range(MAX_PASSES):
         check = check_notebook(current, selection)
         if check.facts is None:
@@ -138,7 +139,7 @@ def fix_notebook(
                 seen_refusals.add(r)
                 result.refused.append(r)
         if new_code is None or new_code == check.module.code:
-            break
+            break  # `check` describes `current`: its findings are what remains
         try:
             sources = check.joined.split(new_code)
         except CellBoundaryError as err:  # a codemod bug must never become a broken notebook
@@ -150,7 +151,8 @@ def fix_notebook(
         text = current.render(sources, deleted=deleted)
         result.changes.extend(changes)
         current = read_notebook(current.path, text.encode("utf-8"))
+        check = None  # the notebook changed: the next pass (or the end) checks it afresh
     result.fixed = current.raw
     result.after = current
-    result.remaining = check_notebook(current, selection).diagnostics
+    result.remaining = (check if check is not None else check_notebook(current, selection)).diagnostics
     return result
