@@ -223,7 +223,7 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
             clash = (set(hooks) | {"setup", "prepare_data"}) & existing
             if clash:
                 out.refused.append(f"not rewritten: `{cls_node.name.value}` already defines {', '.join(sorted(clash))}; move the data into it by hand")
-                return BodyPlanOutcomeReset(out)
+                return _only_refusals(out)
         moved = sorted(set().union(*hooks.values()))
         shared = {i for i in moved if sum(i in chain for chain in hooks.values()) > 1}
         shared_names = set().union(*(statements[i].defines for i in shared)) if shared else set()
@@ -305,7 +305,7 @@ def _without_data_arguments(out: Outcome, items, datamodule: str | None) -> None
         out.replacements[id(lp.node)] = lp.node.with_changes(args=_fix_commas(args))
 
 
-def BodyPlanOutcomeReset(out: Outcome) -> Outcome:
+def _only_refusals(out: Outcome) -> Outcome:
     """A refusal undoes everything planned so far: half-moved data is worse than none."""
     return Outcome(BodyPlan(), {}, [], out.refused)
 
