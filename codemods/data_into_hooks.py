@@ -31,7 +31,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.cells import BodyPlan, first_in_block, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, data_chain
+from codemods.facts import NotebookFacts, data_chain, lightning_import
 
 HOOK_FOR = {  # launch method -> hooks for its data arguments, by position after the model
     "fit": ("train_dataloader", "val_dataloader"),
@@ -132,15 +132,10 @@ def _lightning_base(facts: NotebookFacts) -> tuple[str, cst.BaseStatement | None
     for name, v in facts.env.items():
         if v.kind == "module" and v.qname in ("lightning", "lightning.pytorch"):
             return f"{name}.LightningDataModule", None
-    for st in facts.statements:  # `from pytorch_lightning import Trainer` -> same package
-        node = st.node
-        if isinstance(node, cst.SimpleStatementLine):
-            for small in node.body:
-                if isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
-                    module = N.dotted(small.module) or ""
-                    if module.split(".")[0] in N.LIGHTNING_PACKAGES:
-                        return "LightningDataModule", cst.parse_statement(f"from {module} import LightningDataModule\n")
-    return "LightningDataModule", cst.parse_statement("from lightning.pytorch import LightningDataModule\n")
+    # `from pytorch_lightning import Trainer` -> import it from the same package
+    package = (lightning_import(facts) or "lightning.pytorch").split(".")[0]
+    module = "pytorch_lightning" if package == "pytorch_lightning" else "lightning.pytorch"
+    return "LightningDataModule", cst.parse_statement(f"from {module} import LightningDataModule\n")
 
 
 def _method(name: str, body: list[cst.BaseStatement], params: str = "self") -> cst.FunctionDef:

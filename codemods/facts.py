@@ -177,6 +177,36 @@ class NotebookFacts:
         return self.statements[index].cell
 
 
+def qualified_name(expr: cst.BaseExpression, env) -> str | None:
+    """`L.Trainer` -> "lightning.pytorch.Trainer" under the imports in `env`; None for anything
+    that is not a dotted name rooted in an import."""
+    if isinstance(expr, cst.Name):
+        v = env.get(expr.value)
+        return v.qname if v is not None and v.kind in ("module", "class") else None
+    if isinstance(expr, cst.Attribute):
+        head = qualified_name(expr.value, env)
+        return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
+    return None
+
+
+def lightning_import(facts: "NotebookFacts") -> str | None:
+    """The module of the notebook's first top-level Lightning import (`lightning`,
+    `pytorch_lightning.callbacks`, ...): codemods that add an import spell it the notebook's way."""
+    for st in facts.statements:
+        if not isinstance(st.node, cst.SimpleStatementLine):
+            continue
+        for small in st.node.body:
+            modules = []
+            if isinstance(small, cst.Import):
+                modules = [N.dotted(alias.name) or "" for alias in small.names]
+            elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
+                modules = [N.dotted(small.module) or ""]
+            for module in modules:
+                if module.split(".")[0] in N.LIGHTNING_PACKAGES:
+                    return module
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Walking one statement
 
@@ -295,13 +325,7 @@ class _Analysis:
     # -- names -----------------------------------------------------------------------------
 
     def qname(self, expr: cst.BaseExpression, env: dict[str, Value]) -> str | None:
-        if isinstance(expr, cst.Name):
-            v = env.get(expr.value)
-            return v.qname if v is not None and v.kind in ("module", "class") else None
-        if isinstance(expr, cst.Attribute):
-            head = self.qname(expr.value, env)
-            return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
-        return None
+        return qualified_name(expr, env)
 
     def value_of(self, expr: cst.BaseExpression, env: dict[str, Value]) -> Value | None:
         if isinstance(expr, cst.Name):

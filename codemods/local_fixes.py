@@ -7,10 +7,10 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.cells import BodyPlan, rebuild, without_cell_part
-from codemods.facts import NotebookFacts
+from codemods.facts import NotebookFacts, lightning_import
 from codemods.rules.base import runs_before_a_launch
 from codemods.rules.nbr401_strategy_not_notebook_compatible import NOTEBOOK_EQUIVALENT, notebook_strategy
-from codemods.rules.nbr402_devices_auto_in_notebook import SINGLE_DEVICE_ACCELERATORS
+from codemods.rules.nbr402_devices_auto_in_notebook import automatic_devices
 
 
 class _Replace(cst.CSTTransformer):
@@ -79,21 +79,11 @@ def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.
     """NBR402 with `--devices N`: `devices="auto"` or no devices -> `devices=N`."""
     replacements: dict[int, cst.CSTNode] = {}
     changes = []
-    for c in facts.constructors:
-        if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node) or id(c.node) in facts.cpu_only_calls:
-            continue
-        accelerator = N.call_arg(c.node, "accelerator", 0 if c.kind == "fabric" else None)
-        if (N.string_value(accelerator.value) if accelerator is not None else "auto") in SINGLE_DEVICE_ACCELERATORS:
-            continue
-        if N.call_arg(c.node, "gpus") is not None:
-            continue
-        arg = N.call_arg(c.node, "devices", 2 if c.kind == "fabric" else None)
+    for c, arg in automatic_devices(facts):
         if arg is None:
             replacements[id(c.node)] = append_keyword(c.node, "devices", cst.Integer(str(devices)))
-        elif N.string_value(arg.value) == "auto":
-            replacements[id(arg.value)] = cst.Integer(str(devices))
         else:
-            continue
+            replacements[id(arg.value)] = cst.Integer(str(devices))
         changes.append(("NBR402", c.node, f"devices={devices}"))
     return replacements, changes
 
@@ -206,7 +196,8 @@ def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
     if not probes:
         return plan, []
     index = min(p.statement for p in probes)
-    package = _lightning_package(facts)
+    module = lightning_import(facts)
+    package = module.split(".")[0] if module else None
     if package is None:
         line = 'import os; os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # keeps torch.cuda.is_available() fork-safe\n'
     else:
@@ -214,24 +205,6 @@ def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
     stmt = facts.statements[index].node
     plan.replace(index, [cst.parse_statement(line), without_cell_part(stmt)])
     return plan, [("NBR102", facts.statements[index].cell, f"imported {package or 'the NVML check'} before the CUDA probe")]
-
-
-def _lightning_package(facts: NotebookFacts) -> str | None:
-    for st in facts.statements:
-        node = st.node
-        if not isinstance(node, cst.SimpleStatementLine):
-            continue
-        for small in node.body:
-            if isinstance(small, cst.Import):
-                for alias in small.names:
-                    top = (N.dotted(alias.name) or "").split(".")[0]
-                    if top in N.LIGHTNING_PACKAGES:
-                        return top
-            elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
-                top = (N.dotted(small.module) or "").split(".")[0]
-                if top in N.LIGHTNING_PACKAGES:
-                    return top
-    return None
 
 
 def apply_replacements(module: cst.Module, replacements: dict[int, cst.CSTNode]) -> cst.Module:

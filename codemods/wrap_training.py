@@ -29,7 +29,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, Statement
+from codemods.facts import NotebookFacts, Statement, qualified_name
 from codemods.rules.base import runs_before_a_launch
 
 RESULTS_FILE = "train_results.pt"
@@ -81,7 +81,7 @@ def is_definition(st: Statement, facts: NotebookFacts) -> bool:
             if _is_constant(value):
                 continue
             if isinstance(value, cst.Call):
-                q = _qname(value.func, facts)
+                q = qualified_name(value.func, facts.env)
                 if q == N.FABRIC:
                     continue
             targets = [t.target for t in small.targets] if isinstance(small, cst.Assign) else [small.target]
@@ -89,16 +89,6 @@ def is_definition(st: Statement, facts: NotebookFacts) -> bool:
                 continue
         return False
     return True
-
-
-def _qname(expr: cst.BaseExpression, facts: NotebookFacts) -> str | None:
-    if isinstance(expr, cst.Name):
-        v = facts.env.get(expr.value)
-        return v.qname if v is not None and v.kind in ("module", "class") else None
-    if isinstance(expr, cst.Attribute):
-        head = _qname(expr.value, facts)
-        return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
-    return None
 
 
 def _module_alias(facts: NotebookFacts, qname: str) -> str | None:
@@ -145,7 +135,7 @@ def wrap_training(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
     fabric_constructions = [
         st for st in facts.statements
         for t, v in _assign_pairs(st.node)
-        if isinstance(v, cst.Call) and _qname(v.func, facts) == N.FABRIC
+        if isinstance(v, cst.Call) and qualified_name(v.func, facts.env) == N.FABRIC
     ]
     no_function = [lp for lp in launches if not _launch_function(lp.node) or isinstance(N.call_arg(lp.node, "function", 0).value, cst.Call)]
     if not launches and not top_training:

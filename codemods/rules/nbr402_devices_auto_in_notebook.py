@@ -8,6 +8,21 @@ from codemods.rules.base import Applicability, Finding, Invalid, Rule
 SINGLE_DEVICE_ACCELERATORS = ("cpu", "mps", "tpu")
 
 
+def automatic_devices(facts):
+    """(constructor, its `devices` argument or None) for each GPU Trainer/Fabric whose device count
+    is left to Lightning: the rule reports them, `fix --devices N` sets them."""
+    for c in facts.constructors:
+        if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node) or id(c.node) in facts.cpu_only_calls:
+            continue
+        accelerator = N.call_arg(c.node, "accelerator", 0 if c.kind == "fabric" else None)
+        acc = N.string_value(accelerator.value) if accelerator is not None else "auto"
+        if acc in SINGLE_DEVICE_ACCELERATORS or N.call_arg(c.node, "gpus") is not None:
+            continue
+        devices = N.call_arg(c.node, "devices", 2 if c.kind == "fabric" else None)
+        if devices is None or N.string_value(devices.value) == "auto":
+            yield c, devices
+
+
 class DevicesAutoInNotebook(Rule):
     """
     ## What it does
@@ -79,17 +94,9 @@ fabric = Fabric(accelerator="gpu", devices="auto")
     ]
 
     def check(self, facts):
-        for c in facts.constructors:
-            if c.kind not in ("trainer", "fabric") or N.has_star_args(c.node) or id(c.node) in facts.cpu_only_calls:
-                continue
+        for c, devices in automatic_devices(facts):
             owner = "Trainer" if c.kind == "trainer" else "Fabric"
-            position = (2 if c.kind == "fabric" else None)
-            accelerator = N.call_arg(c.node, "accelerator", 0 if c.kind == "fabric" else None)
-            acc = N.string_value(accelerator.value) if accelerator is not None else "auto"
-            if acc in SINGLE_DEVICE_ACCELERATORS or N.call_arg(c.node, "gpus") is not None:
-                continue
-            devices = N.call_arg(c.node, "devices", position)
             if devices is None:
                 yield Finding(c.node, f"`{owner}(...)` without `devices` uses one GPU in a notebook however many there are; pass `devices=N`")
-            elif N.string_value(devices.value) == "auto":
+            else:
                 yield Finding(devices.value, f"`{owner}(devices=\"auto\")` uses one GPU in a notebook however many there are; pass `devices=N`")
