@@ -267,38 +267,6 @@ def _settings(isolated, select, extend_select, ignore, quiet):
     return settings
 
 
-def _cell_diff(result, name: str | None = None) -> str:
-    """A unified diff per changed cell, headed `path:cell N` (numbers of the original notebook)."""
-    import difflib
-
-    before, after = result.before, result.after
-    out: list[str] = []
-    old_cells = [c for c in before.cells]
-    new_by_id = {}
-    # Cells keep their ids through a fix; match by id where there is one, else by position.
-    for c in after.cells:
-        new_by_id[c.id or f"#{c.index}"] = c
-    deleted = set(result.deleted_cells)
-    shift = 0
-    for c in old_cells:
-        if c.number in deleted:
-            new_source = ""
-            shift += 1
-        else:
-            key = c.id or f"#{c.index - shift}"
-            new = new_by_id.get(key)
-            new_source = new.source if new is not None else ""
-        if new_source == c.source:
-            continue
-        label = f"{name or before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
-        diff = difflib.unified_diff(
-            c.source.splitlines(True), new_source.splitlines(True), fromfile=label, tofile=label, lineterm="\n"
-        )
-        text = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
-        out.append(text)
-    return "".join(out)
-
-
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff per changed cell and write nothing.")
@@ -326,6 +294,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     Exit 0 when nothing remains to fix, 1 when findings remain (or, with --diff/--check, when
     something would change), 2 on error.
     """
+    from nbrefactor.celldiff import cell_diff
     from nbrefactor.fixer import fix_notebook
     from nbrefactor.report import text_line
     from nbrefactor.writer import fingerprint, write_atomically, write_together
@@ -362,7 +331,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                 would_change += 1
                 fixed_total += len(list(_dedupe(result.changes)))
                 if show_diff:
-                    click.echo(_cell_diff(result, name), nl=False)
+                    click.echo(cell_diff(result, name), nl=False)
                 elif check_only:
                     pass
                 elif stdin:

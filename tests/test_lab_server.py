@@ -232,7 +232,7 @@ def test_fix_fabric_bad(fetch):
     nbformat.validate(fixed)
     untouched = next(c for c in fixed.cells if c.get("id") == "c3d4")
     assert untouched.outputs[0]["text"] == "imported\n" and untouched.execution_count == 7
-    assert "+++ b/fabric_bad.ipynb cell 5" in data["diff"] and "+def train" not in data["diff"]
+    assert "+++ fabric_bad.ipynb:cell 5" in data["diff"] and "+def train" not in data["diff"]
     assert data["remaining"] == [] and data["refused"] == []
     # fixing the fixed notebook changes nothing
     again = reply(post(fetch, "fix", {"notebook": data["notebook"]}))

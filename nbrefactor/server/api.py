@@ -7,7 +7,6 @@ a 400 reply.
 
 from __future__ import annotations
 
-import difflib
 import json
 import posixpath
 import re
@@ -202,6 +201,7 @@ def findings_summary(diagnostics: list[dict]) -> str:
 
 def fix(req: Request) -> dict:
     try:
+        from nbrefactor.celldiff import cell_diff
         from nbrefactor.fixer import fix_notebook
     except ImportError:
         raise NotImplementedError("this nbrefactor has no fixer (nbrefactor.fixer is missing)") from None
@@ -247,7 +247,7 @@ def fix(req: Request) -> dict:
         "cells": cells,
         "notebook": fixed,
         "cells_summary": cells_summary(notebook, after_cells) if result.changed else "",
-        "diff": cell_diff(notebook, after_cells, req.name) if result.changed else "",
+        "diff": cell_diff(result, req.name) if result.changed else "",
         "remaining": remaining,
         "refused": [_one_line(r) for r in result.refused],
     }
@@ -255,32 +255,6 @@ def fix(req: Request) -> dict:
 
 def _source(src) -> str:
     return "".join(src) if isinstance(src, list) else str(src)
-
-
-def cell_diff(notebook, after_cells: list[dict], name: str) -> str:
-    """A unified diff of the cells that changed, each named as the user saw it before the fix."""
-    before = {c.id: c for c in notebook.cells if c.id}
-    after_ids = {c.get("id") for c in after_cells}
-    lines: list[str] = []
-    previous = None  # the last original cell seen, to place new cells
-    for i, c in enumerate(after_cells):
-        cid = c.get("id")
-        old = before.get(cid) if cid else (notebook.cells[i] if i < len(notebook.cells) else None)
-        new_src = _source(c.get("source", ""))
-        if old is not None:
-            previous = old
-            if old.source == new_src:
-                continue
-            label = f"{name} cell {old.number}"
-            lines += difflib.unified_diff(old.source.split("\n"), new_src.split("\n"), f"a/{label}", f"b/{label}", lineterm="")
-        else:
-            where = f"after cell {previous.number}" if previous is not None else "at the top"
-            lines += difflib.unified_diff([], new_src.split("\n"), "/dev/null", f"b/{name} new cell {where}", lineterm="")
-    for c in notebook.cells:
-        if c.id and c.id not in after_ids:
-            label = f"{name} cell {c.number} (removed)"
-            lines += difflib.unified_diff(c.source.split("\n"), [], f"a/{label}", "/dev/null", lineterm="")
-    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def cells_summary(notebook, after_cells: list[dict]) -> str:

@@ -1,0 +1,30 @@
+"""The diff of a fix, cell by cell: what `fix --diff` prints and what JupyterLab's "Show diff" shows."""
+
+from __future__ import annotations
+
+import difflib
+
+from nbrefactor.fixer import FixResult
+
+
+def cell_diff(result: FixResult, name: str | None = None) -> str:
+    """A unified diff per changed cell, headed `name:cell N` with the cell numbers of the notebook
+    before the fix; cells the fix removed say so."""
+    before, after = result.before, result.after
+    new_by_key = {c.id or f"#{c.index}": c for c in after.cells}  # ids survive a fix; else positions
+    deleted = set(result.deleted_cells)
+    out: list[str] = []
+    shift = 0
+    for c in before.cells:
+        if c.number in deleted:
+            new_source = ""
+            shift += 1
+        else:
+            new = new_by_key.get(c.id or f"#{c.index - shift}")
+            new_source = new.source if new is not None else ""
+        if new_source == c.source:
+            continue
+        label = f"{name or before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
+        diff = difflib.unified_diff(c.source.splitlines(True), new_source.splitlines(True), fromfile=label, tofile=label)
+        out.append("".join(line if line.endswith("\n") else line + "\n" for line in diff))
+    return "".join(out)
