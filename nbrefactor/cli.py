@@ -328,8 +328,6 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                 _note(f"{name}: {line}", quiet)
             also = []
             if result.changed:
-                would_change += 1
-                fixed_total += len(list(_dedupe(result.changes)))
                 if show_diff:
                     click.echo(cell_diff(result, name), nl=False)
                 elif check_only:
@@ -348,6 +346,9 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                         also = [p for p in written if p != str(path)]
                 else:
                     write_atomically(output or path, result.fixed, None if output else fingerprint(data))
+                # Counted once written (or shown): a refused write must not read as a change.
+                would_change += 1
+                fixed_total += len(list(_dedupe(result.changes)))
                 if not quiet and not show_diff:
                     verb = "would fix" if check_only else "fixed"
                     target = f" -> {output}" if output and not check_only else ""

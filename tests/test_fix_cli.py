@@ -96,6 +96,7 @@ def test_read_only_and_v3_notebooks_are_refused_with_nothing_written(nb, tmp_pat
     r = run_cli("fix", str(nb))
     assert r.returncode == 2 and b"read-only" in r.stderr and b"Traceback" not in r.stderr
     assert nb.read_bytes() == before
+    assert b"fixed" not in r.stdout and b"change" not in r.stdout  # nothing claims a change it did not make
     v3 = tmp_path / "v3.ipynb"
     v3.write_text(json.dumps({"metadata": {}, "nbformat": 3, "nbformat_minor": 0, "worksheets": [{"cells": [
         {"cell_type": "code", "input": "import lightning as L\nt = L.Trainer(strategy='ddp')", "language": "python", "metadata": {}, "outputs": []}]}]}))
