@@ -7,6 +7,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.cells import BodyPlan, rebuild, without_cell_part
+from codemods.device import ProcessDevice
 from codemods.facts import NotebookFacts, lightning_import
 from codemods.rules.base import runs_before_a_launch
 from codemods.rules.nbr401_strategy_not_notebook_compatible import NOTEBOOK_EQUIVALENT, notebook_strategy
@@ -143,7 +144,8 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
 def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
     """NBR101 in Trainer notebooks (unsafe): other CUDA work that runs before a launch, and whose
     results nothing else reads, moves into the notebook LightningModule's `on_fit_start` hook, so
-    it runs in each training process instead. Work that something else reads stays reported."""
+    it runs in each training process instead, on that process's device (`.cuda()` ->
+    `.to(self.device)`, see `codemods.device`). Work that something else reads stays reported."""
     plan = BodyPlan()
     fits = [lp for lp in facts.launches if lp.kind == "trainer.fit" and lp.via is None]
     if not fits:
@@ -173,14 +175,18 @@ def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
         moving.append(i)
     if not moving:
         return plan, []
-    body = [without_cell_part(facts.statements[i].node) for i in moving]
+    on_device = ProcessDevice("self.device", facts)
+    body = [without_cell_part(facts.statements[i].node).visit(on_device) for i in moving]
     hook = cst.parse_statement("def on_fit_start(self):\n    pass\n")
     hook = hook.with_changes(body=hook.body.with_changes(body=body), leading_lines=[cst.EmptyLine(indent=False)])
     plan.replace(cls_index, [cls_node.with_changes(body=cls_node.body.with_changes(body=[*cls_node.body.body, hook]))])
     for i in moving:
         plan.remove(i)
     cells = sorted({facts.statements[i].cell + 1 for i in moving})
-    return plan, [("NBR101", facts.statements[moving[0]].cell, f"deferred the CUDA work of cell {', '.join(map(str, cells))} into {cls_name}.on_fit_start")]
+    message = f"deferred the CUDA work of cell {', '.join(map(str, cells))} into {cls_name}.on_fit_start"
+    if on_device.rewrites:
+        message += f", on each process's own device: {on_device.summary()}"
+    return plan, [("NBR101", facts.statements[moving[0]].cell, message)]
 
 
 def _with_map_location(call: cst.Call) -> cst.Call:
