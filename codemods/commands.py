@@ -15,10 +15,7 @@ import re
 import libcst as cst
 from libcst.codemod import CodemodCommand, SkipFile
 
-from codemods import local_fixes
-from codemods.cells import rebuild
-from codemods.facts import analyse
-from codemods.wrap_training import wrap_training
+from codemods.fixes import Options, fix_module
 
 # A plain code-cell marker followed only by blank lines up to the next marker (or the end).
 _EMPTY_CELL = re.compile(r"^# %%[ \t]*\n(?:[ \t]*\n)*(?=# %%|\Z)", re.MULTILINE)
@@ -32,6 +29,11 @@ def _drop_empty_cells(code: str, before: str) -> str:
 
 
 class _NotebookCommand(CodemodCommand):
+    """Applies the declared fixes (`codemods.fixes.FIXES`) named in `FIXES_USED`, all of them when
+    None, pass after pass, through the same semantic gate as `nbrefactor fix`."""
+
+    FIXES_USED: tuple[str, ...] | None = None
+
     def __init__(self, context, unsafe_fixes: bool = False) -> None:
         super().__init__(context)
         self.unsafe_fixes = unsafe_fixes
@@ -40,16 +42,11 @@ class _NotebookCommand(CodemodCommand):
     def add_args(arg_parser: argparse.ArgumentParser) -> None:
         arg_parser.add_argument("--unsafe-fixes", action="store_true", help="also apply unsafe fixes")
 
-    def step(self, tree: cst.Module) -> cst.Module:
-        raise NotImplementedError
-
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        only = None if self.FIXES_USED is None else frozenset(self.FIXES_USED)
         current = tree
-        for _ in range(4):
-            new = self.step(current)
-            if new.code == current.code:
-                break
-            current = cst.parse_module(new.code)
+        for step in fix_module(tree, Options(unsafe_fixes=self.unsafe_fixes, only=only)):
+            current = step.module
         if current.code == tree.code:
             raise SkipFile("nothing to fix")
         return cst.parse_module(_drop_empty_cells(current.code, tree.code))
@@ -57,36 +54,18 @@ class _NotebookCommand(CodemodCommand):
 
 class NotebookStrategyCommand(_NotebookCommand):
     DESCRIPTION = "NBR401: ddp/ddp_spawn -> ddp_notebook, DDPStrategy(start_method='fork')."
-
-    def step(self, tree):
-        replacements, _ = local_fixes.notebook_strategies(analyse(tree))
-        return local_fixes.apply_replacements(tree, replacements)
+    FIXES_USED = ("notebook strategy",)
 
 
 class LightningImportCommand(_NotebookCommand):
     DESCRIPTION = "NBR102: import Lightning before the first torch.cuda.is_available()."
-
-    def step(self, tree):
-        plan, _ = local_fixes.lightning_before_probe(analyse(tree))
-        return rebuild(tree, plan) if plan else tree
+    FIXES_USED = ("Lightning before the CUDA probe",)
 
 
 class WrapTrainingCommand(_NotebookCommand):
     DESCRIPTION = "NBR301/NBR302 (+NBR201/NBR101): Fabric training into def train(fabric) + fabric.launch(train)."
-
-    def step(self, tree):
-        return wrap_training(analyse(tree), allow_unsafe=self.unsafe_fixes).module
+    FIXES_USED = ("training into train(fabric)",)
 
 
 class FixNotebookCommand(_NotebookCommand):
-    DESCRIPTION = "Every nbrefactor fix, as `nbrefactor fix` applies them."
-
-    def step(self, tree):
-        facts = analyse(tree)
-        replacements, _ = local_fixes.notebook_strategies(facts)
-        if replacements:
-            return local_fixes.apply_replacements(tree, replacements)
-        plan, _ = local_fixes.lightning_before_probe(facts)
-        if plan:
-            return rebuild(tree, plan)
-        return wrap_training(facts, allow_unsafe=self.unsafe_fixes).module
+    DESCRIPTION = "Every nbrefactor fix, in the order and through the gate `nbrefactor fix` uses."

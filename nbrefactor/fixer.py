@@ -1,8 +1,9 @@
 """`fix` for one notebook: check, apply the codemods, write back by cell, repeat until nothing changes.
 
-Each pass analyses the notebook afresh, applies the one-call fixes first (strategy, import order,
-devices) and the structural ones (the Fabric training region) after, so every codemod works on
-facts that describe the module it edits. The result is the new file text; nothing is written here.
+Each pass analyses the notebook afresh and applies the first of the declared fixes
+(`codemods.fixes.FIXES`, in their stated order) that changes it and passes the semantic gate, so
+every codemod works on facts that describe the module it edits, and no fix leaves a name unbound
+where the kernel reads it. The result is the new file text; nothing is written here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from nbrefactor.config import Selection
 from nbrefactor.notebook.join import CellBoundaryError
 from nbrefactor.notebook.model import Notebook, read_notebook
 
-MAX_PASSES = 4
+MAX_PASSES = 12  # each pass applies one declared fix; a fixed point comes well before
 
 
 @dataclass(frozen=True)
@@ -41,60 +42,17 @@ class FixResult:
         return self.fixed != self.original
 
 
-def _enabled(selection: Selection, code: str) -> bool:
-    return selection.enabled(code)
+def _one_pass(check: NotebookCheck, options, refused: list[str], skip: set[str]):
+    """(new module code, changes) for the first declared fix that changes the notebook and passes
+    the semantic gate, or (None, [])."""
+    from codemods.fixes import next_step
 
-
-def _one_pass(check: NotebookCheck, selection: Selection, unsafe_fixes: bool, devices: int | None):
-    """(new module code or None, changes, refused) for one pass."""
-    from codemods import local_fixes
-    from codemods.cells import rebuild
-    from codemods.data_into_hooks import data_into_hooks
-    from codemods.wrap_training import wrap_training
-
-    facts, module = check.facts, check.module
-    changes: list[Change] = []
-    replacements = {}
+    step = next_step(check.facts, options, refused, skip)
+    if step is None:
+        return None, []
     cell_of = _cell_of_node(check)
-    if _enabled(selection, "NBR401"):
-        reps, found = local_fixes.notebook_strategies(facts)
-        replacements.update(reps)
-        changes += [Change(code, cell_of(node), msg) for code, node, msg in found]
-    if devices is not None and _enabled(selection, "NBR402"):
-        reps, found = local_fixes.explicit_devices(facts, devices)
-        replacements.update(reps)
-        changes += [Change(code, cell_of(node), msg) for code, node, msg in found]
-    if unsafe_fixes and _enabled(selection, "NBR101"):
-        plan, reps, found = local_fixes.cuda_before_fit(facts)
-        if plan or reps:
-            replacements.update(reps)
-            changes += [Change(code, cell_of(node), msg) for code, node, msg in found]
-            if plan:
-                return rebuild(local_fixes.apply_replacements(module, replacements), plan).code, changes, []
-    if replacements:
-        return local_fixes.apply_replacements(module, replacements).code, changes, []
-    if _enabled(selection, "NBR102"):
-        plan, found = local_fixes.lightning_before_probe(facts)
-        if plan:
-            return rebuild(module, plan).code, [Change(c, cell + 1, m) for c, cell, m in found], []
-    refused: list[str] = []
-    if any(_enabled(selection, c) for c in ("NBR301", "NBR302", "NBR201", "NBR101")):
-        outcome = wrap_training(facts, allow_unsafe=unsafe_fixes)
-        changes = [Change(c, cell + 1, m) for c, cell, m in outcome.changes]
-        if outcome.module is not module:
-            return outcome.module.code, changes, outcome.refused
-        refused += outcome.refused
-    if unsafe_fixes and _enabled(selection, "NBR101"):
-        plan, found = local_fixes.cuda_into_on_fit_start(facts)
-        if plan:
-            return rebuild(module, plan).code, [Change(c, cell + 1, m) for c, cell, m in found], refused
-    if _enabled(selection, "NBR201"):
-        hooks = data_into_hooks(facts, allow_unsafe=unsafe_fixes)
-        refused += hooks.refused
-        if hooks.plan or hooks.replacements:
-            new = rebuild(local_fixes.apply_replacements(module, hooks.replacements), hooks.plan)
-            return new.code, [Change(c, cell + 1, m) for c, cell, m in hooks.changes], refused
-    return None, [], refused
+    changes = [Change(code, where + 1 if isinstance(where, int) else cell_of(where), message) for code, where, message in step.changes]
+    return step.module.code, changes
 
 
 def _cell_of_node(check: NotebookCheck):
@@ -127,13 +85,18 @@ def fix_notebook(
     result = FixResult(notebook.path, notebook.raw, notebook.raw, before=notebook)
     current = notebook
     origin = [c.number for c in notebook.cells]  # current cell index -> number in the original
+    from codemods.fixes import Options
+
+    options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled)
     seen_refusals: set[str] = set()
+    skip: set[str] = set()  # fixes the semantic gate refused: not tried again
     check = None
     for _ in range(MAX_PASSES):
         check = check_notebook(current, selection)
         if check.facts is None:
             break
-        new_code, changes, refused = _one_pass(check, selection, unsafe_fixes, devices)
+        refused: list[str] = []
+        new_code, changes = _one_pass(check, options, refused, skip)
         for r in refused:
             if r not in seen_refusals:
                 seen_refusals.add(r)

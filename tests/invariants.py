@@ -7,11 +7,20 @@ import json
 
 import libcst as cst
 
+from codemods.gate import new_unbound
 from nbrefactor.checker import check_notebook
 from nbrefactor.config import Selection
 from nbrefactor.fixer import FixResult, fix_notebook
 from nbrefactor.notebook.join import join
 from nbrefactor.notebook.model import read_notebook
+
+
+def assert_names_bound(before, after) -> None:
+    """The semantic gate as an invariant: run in cell order, the fixed notebook reads no name
+    unbound that the original read bound (top level, and the free names of every notebook function
+    at the time it is called)."""
+    broken = new_unbound(join(before).code, join(after).code)
+    assert not broken, f"the fix leaves names unbound: {[(u.name, u.reader, u.line) for u in broken]}"
 
 
 def assert_fix_invariants(original: str, result: FixResult, **options) -> None:
@@ -21,7 +30,9 @@ def assert_fix_invariants(original: str, result: FixResult, **options) -> None:
         assert result.fixed == original, "a notebook that needs nothing must come back byte for byte"
         return
     fixed_nb = read_notebook(result.path, result.fixed.encode())  # its own suffix: ipynb or text
-    cst.parse_module(join(fixed_nb).code)
+    fixed_code = join(fixed_nb).code
+    cst.parse_module(fixed_code)
+    assert_names_bound(read_notebook(result.path, original.encode()), fixed_nb)
     again = fix_notebook(fixed_nb, **options)
     assert again.fixed == result.fixed, "fix is not idempotent"
     remaining = {d.code for d in check_notebook(fixed_nb, Selection()).diagnostics}

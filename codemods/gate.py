@@ -1,0 +1,332 @@
+"""The semantic gate: after a fix, is every name still bound where the kernel reads it?
+
+A kernel runs the cells in order. A name read at top level must have been bound by an earlier
+statement (or the same one); a notebook function reads its free names when it is *called*, so they
+must be bound at the top-level statement that calls it (or hands it to `fabric.launch`, which calls
+it in the training processes). A class's `__init__` runs where the class is used; its other
+methods (Lightning's hooks) run later, during a launch, so their free names must be bound by the
+end of the notebook.
+
+The gate compares two versions of one notebook module: a name that the fixed version reads
+unbound, and that the original never read unbound anywhere, means the fix broke the notebook, and
+that fix is refused. Comparing, rather than judging the fixed notebook alone, keeps the gate quiet
+about what the original already did (names from `%run`, star imports, typos) and about what the
+analysis cannot see.
+
+CPython's own `ast` and `symtable` do the scoping, so the gate agrees with the interpreter on
+what is local, free or global; nothing here runs the notebook's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+import symtable
+from dataclasses import dataclass, field
+
+# Names a Jupyter kernel binds before any cell runs.
+KERNEL_NAMES = frozenset({
+    "get_ipython", "display", "In", "Out", "exit", "quit", "_", "__", "___", "_i", "_ii", "_iii",
+    "_ih", "_oh", "_dh", "__name__", "__doc__", "__builtins__", "__spec__", "__loader__", "__package__",
+})
+_PLACEHOLDER = re.compile(r"^__nbrefactor_magic_\d+__$")
+_HISTORY = re.compile(r"^_i?\d+$")  # _5, _i5: IPython's output and input history
+
+
+def _always_bound(name: str) -> bool:
+    return name in KERNEL_NAMES or hasattr(builtins, name) or bool(_PLACEHOLDER.match(name) or _HISTORY.match(name))
+
+
+@dataclass(frozen=True)
+class Unbound:
+    """`name` is read at `line` (of the module) before anything binds it."""
+
+    name: str
+    line: int
+    reader: str | None = None  # the notebook function whose body reads it, if not top level
+
+    def describe(self) -> str:
+        where = f"`{self.reader}` reads `{self.name}`" if self.reader else f"`{self.name}` is read"
+        return f"{where} before the notebook binds it"
+
+
+@dataclass
+class _Definition:
+    """A top-level function or class: the global names its body reads, and when."""
+
+    name: str
+    node: ast.AST
+    reads_when_called: set[str] = field(default_factory=set)  # functions; a class's __init__
+    reads_later: set[str] = field(default_factory=set)  # a class's other methods
+    binds_when_called: set[str] = field(default_factory=set)  # `global x; x = ...`
+    read_before_assigned: dict[str, int] = field(default_factory=dict)  # local -> line (UnboundLocalError)
+
+
+def unbound_reads(source: str) -> list[Unbound] | None:
+    """Every read of a name that is not bound when the kernel runs it; None when the source does
+    not parse (or is too deep for the parser)."""
+    try:
+        tree = ast.parse(source)
+        table = symtable.symtable(source, "<notebook>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    try:
+        return _Walk(_top_level_tables(table)).run(tree)
+    except RecursionError:
+        return None
+
+
+def new_unbound(before: str, after: str) -> list[Unbound]:
+    """The reads `after` leaves unbound that `before` did not leave unbound anywhere."""
+    old = unbound_reads(before)
+    if old is None:
+        return []  # the gate cannot judge a module it cannot parse; the fixer's own checks apply
+    new = unbound_reads(after)
+    if new is None:
+        return [Unbound("<syntax>", 1)]
+    known = {u.name for u in old}
+    seen: set[str] = set()
+    out = []
+    for u in new:
+        if u.name not in known and u.name not in seen:
+            seen.add(u.name)
+            out.append(u)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scopes
+
+
+def _top_level_tables(table: symtable.SymbolTable) -> dict[tuple[str, int], symtable.SymbolTable]:
+    return {(child.get_name(), child.get_lineno()): child for child in table.get_children()}
+
+
+def _global_reads(table: symtable.SymbolTable) -> set[str]:
+    """Global names read anywhere in a function's body, nested scopes included."""
+    out = {s.get_name() for s in table.get_symbols() if s.is_referenced() and s.is_global()}
+    for child in table.get_children():
+        out |= _global_reads(child)
+    return out
+
+
+def _global_binds(table: symtable.SymbolTable) -> set[str]:
+    out = {s.get_name() for s in table.get_symbols() if s.is_declared_global() and s.is_assigned()}
+    for child in table.get_children():
+        out |= _global_binds(child)
+    return out
+
+
+def _definition(node: ast.AST, tables) -> _Definition | None:
+    table = tables.get((node.name, node.lineno))
+    if table is None:
+        return None
+    d = _Definition(node.name, node)
+    if isinstance(node, ast.ClassDef):
+        for method in table.get_children():
+            if method.get_type() != "function":
+                continue
+            target = d.reads_when_called if method.get_name() in ("__init__", "__new__", "__post_init__") else d.reads_later
+            target |= _global_reads(method)
+            d.binds_when_called |= _global_binds(method)
+    else:
+        d.reads_when_called = _global_reads(table)
+        d.binds_when_called = _global_binds(table)
+        d.read_before_assigned = _read_before_assigned(node, table)
+    return d
+
+
+def _read_before_assigned(node: ast.AST, table: symtable.SymbolTable) -> dict[str, int]:
+    """Locals of a function read before anything assigns them, in the order Python evaluates the
+    body (`model, opt = fabric.setup(model, opt)` with no earlier `model` in the function):
+    UnboundLocalError when it is called. Name -> line of the read."""
+    local = {s.get_name() for s in table.get_symbols() if s.is_local() and s.is_assigned() and not s.is_parameter()}
+    read: dict[str, int] = {}
+    stored: set[str] = set()
+    stack = list(reversed(node.body))
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stored.add(n.name)
+            continue
+        if isinstance(n, ast.Lambda):
+            continue
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            stored.update(alias.asname or alias.name.split(".")[0] for alias in n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            stored.add(n.name)
+        elif isinstance(n, ast.Name) and n.id in local:
+            if isinstance(n.ctx, ast.Load):
+                if n.id not in stored:
+                    read.setdefault(n.id, n.lineno)
+            else:
+                stored.add(n.id)
+        if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.NamedExpr)):
+            # The value is evaluated before the targets are bound.
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            stack.extend(reversed([*([n.value] if n.value is not None else []), *targets]))
+            continue
+        if isinstance(n, (ast.For, ast.AsyncFor)):
+            stack.extend(reversed([n.iter, n.target, *n.body, *n.orelse]))
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(n))))
+    return read
+
+
+# ---------------------------------------------------------------------------------------------
+# What one top-level statement reads and binds when it runs
+
+
+class _Now(ast.NodeVisitor):
+    """Names read and bound when a top-level statement runs: function and lambda bodies do not
+    run now (their decorators and defaults do); class bodies do."""
+
+    def __init__(self) -> None:
+        self.reads: list[ast.Name] = []
+        self.binds: set[str] = set()
+        self.star = False
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.reads.append(node)
+        else:
+            self.binds.add(node.id)
+
+    def _function(self, node) -> None:
+        self.binds.add(node.name)
+        for d in node.decorator_list:
+            self.visit(d)
+        self._defaults(node.args)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = _function
+
+    def _defaults(self, args: ast.arguments) -> None:
+        for d in [*args.defaults, *args.kw_defaults]:
+            if d is not None:
+                self.visit(d)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._defaults(node.args)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.binds.add(node.name)
+        for n in [*node.decorator_list, *node.bases, *node.keywords]:
+            self.visit(n)
+        inner = _Now()
+        for st in node.body:
+            inner.visit(st)
+        self.reads.extend(r for r in inner.reads if r.id not in inner.binds)
+        self.star |= inner.star
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self.binds.add(alias.asname or alias.name.split(".")[0])
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        for alias in node.names:
+            if alias.name == "*":
+                self.star = True
+            else:
+                self.binds.add(alias.asname or alias.name)
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.binds.add(node.name)
+        self.generic_visit(node)
+
+    def visit_MatchAs(self, node) -> None:
+        if node.name:
+            self.binds.add(node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node) -> None:
+        if node.name:
+            self.binds.add(node.name)
+
+    def visit_MatchMapping(self, node) -> None:
+        if node.rest:
+            self.binds.add(node.rest)
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.binds.update(node.names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The walk in cell order
+
+
+class _Walk:
+    def __init__(self, tables) -> None:
+        self.tables = tables
+        self.bound: set[str] = set()
+        self.star = False
+        self.definitions: dict[str, _Definition] = {}
+        self.used_classes: dict[str, _Definition] = {}
+        self.found: list[Unbound] = []
+
+    def run(self, tree: ast.Module) -> list[Unbound]:
+        for statement in tree.body:
+            self.statement(statement)
+        done: set[str] = set()
+        while set(self.used_classes) - done:  # hooks run during a launch: by the end, at the latest
+            name = sorted(set(self.used_classes) - done)[0]
+            done.add(name)
+            d = self.used_classes[name]
+            for read in sorted(d.reads_later):
+                self.require(read, d, set())
+        return self.found
+
+    def statement(self, statement: ast.stmt) -> None:
+        now = _Now()
+        now.visit(statement)
+        available = self.bound | now.binds
+        for name in now.reads:
+            if name.id not in available:
+                self.report(Unbound(name.id, name.lineno))
+        used = {n.id for n in now.reads} & set(self.definitions)
+        for name in sorted(used):
+            self.call(self.definitions[name], available, set())
+        self.star |= now.star
+        self.bound |= now.binds
+        for name in now.binds:
+            self.definitions.pop(name, None)
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            d = _definition(statement, self.tables)
+            if d is not None:
+                self.definitions[d.name] = d
+
+    def call(self, d: _Definition, available: set[str], seen: set[str]) -> None:
+        """`d` is called (or instantiated) now: its free names must be bound, and the notebook
+        functions it reaches are called too."""
+        if d.name in seen:
+            return
+        seen.add(d.name)
+        if isinstance(d.node, ast.ClassDef):
+            self.used_classes[d.name] = d
+        for name, line in sorted(d.read_before_assigned.items()):
+            self.report(Unbound(name, line, d.name))
+        for name in sorted(d.reads_when_called):
+            if name not in available:
+                self.require(name, d, seen)
+            elif name in self.definitions and name != d.name:
+                self.call(self.definitions[name], available, seen)
+        self.bound |= d.binds_when_called
+
+    def require(self, name: str, d: _Definition, seen: set[str]) -> None:
+        if name in self.bound:
+            if name in self.definitions and name not in seen:
+                self.call(self.definitions[name], self.bound, seen | {d.name})
+            return
+        self.report(Unbound(name, _first_read(d.node, name), d.name))
+
+    def report(self, u: Unbound) -> None:
+        if self.star or _always_bound(u.name):
+            return
+        self.found.append(u)
+
+
+def _first_read(node: ast.AST, name: str) -> int:
+    lines = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+    return min(lines, default=getattr(node, "lineno", 1))

@@ -1,0 +1,167 @@
+"""The semantic gate: names bound where the kernel reads them, in cell order, and fixes refused when
+they would break that."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from codemods.fixes import locate
+from codemods.gate import new_unbound, unbound_reads
+from nbrefactor.fixer import fix_notebook
+from nbrefactor.notebook.model import read_notebook
+
+
+def _names(source: str) -> list[tuple[str, str | None]]:
+    return [(u.name, u.reader) for u in unbound_reads(textwrap.dedent(source))]
+
+
+def test_a_top_level_read_before_any_binding():
+    assert _names("""
+        loader = DataLoader(dataset=train_ds)
+        from torch.utils.data import DataLoader
+        train_ds = 1
+    """) == [("DataLoader", None), ("train_ds", None)]
+
+
+def test_a_function_reads_its_free_names_when_it_is_called_not_when_defined():
+    assert _names("""
+        def make():
+            return random_split(ds), Counter
+        from collections import Counter
+        x = make()
+        from torch.utils.data import random_split
+        ds = 1
+    """) == [("ds", "make"), ("random_split", "make")]
+    assert _names("""
+        def make():
+            return random_split(ds)
+        from torch.utils.data import random_split
+        ds = 1
+        x = make()
+    """) == []
+
+
+def test_a_function_handed_to_launch_is_checked_there_and_through_what_it_calls():
+    assert _names("""
+        def helper():
+            return later
+        def train(fabric):
+            return helper()
+        fabric = object()
+        fabric.launch(train)
+        later = 1
+    """) == [("later", "helper")]
+
+
+def test_a_local_read_before_it_is_assigned_is_an_unbound_local_error():
+    assert _names("""
+        def train(fabric):
+            model, optimizer = fabric.setup(model, optimizer)
+            for batch in range(3):
+                if batch:
+                    previous = batch
+                else:
+                    print(previous)
+        fabric = object()
+        fabric.launch(train)
+    """) == [("model", "train"), ("optimizer", "train")]
+
+
+def test_hooks_run_during_the_launch_so_names_bound_before_the_end_are_fine():
+    source = """
+        class Model:
+            def __init__(self):
+                self.n = N
+            def train_dataloader(self):
+                return DataLoader(train_ds, batch_size=BATCH)
+        N = 1
+        model = Model()
+        from torch.utils.data import DataLoader
+        BATCH = 8
+        trainer.fit(model)
+    """
+    assert _names(source) == [("trainer", None), ("train_ds", "Model")]
+
+
+def test_what_a_kernel_provides_and_what_the_gate_cannot_see_are_not_findings():
+    assert _names("""
+        display(get_ipython(), In, Out, _, _3, __nbrefactor_magic_0__, print, len)
+        if flag:
+            a = 1
+        else:
+            a = 2
+        try:
+            import fast as impl
+        except ImportError as err:
+            impl = None
+        print(a, impl, [q for q in range(3)], lambda x: x + y)
+    """) == [("flag", None)]
+    assert _names("from torch import *\nprint(anything)") == []
+
+
+def test_comparison_reports_only_names_the_fix_newly_leaves_unbound():
+    before = "x = undefined\nds = 1\nloader = ds\n"
+    after = "x = undefined\nloader = ds\n"
+    assert [u.name for u in new_unbound(before, after)] == ["ds"]
+    assert new_unbound(before, before) == []
+    assert new_unbound("x = (", "x = 1") == []  # cannot judge what does not parse
+    assert [u.name for u in new_unbound("x = 1", "x = (")] == ["<syntax>"]
+
+
+def test_deep_code_does_not_crash_the_gate():
+    deep = "x = " + "(" * 300 + "1" + ")" * 300 + "\n"
+    assert unbound_reads(deep) in ([], None)
+
+
+def test_locate_reads_nbrefactor_and_jupytext_cell_markers():
+    code = "# %% nbrefactor-cell 0\nimport x\n# %% nbrefactor-cell 3\na = 1\nb = 2\n"
+    assert locate(code, 5) == (4, 2)
+    assert locate("# %%\na = 1\n# %% [markdown]\n# hi\n# %%\nb = 2\n", 6) == (3, 1)
+
+
+def _notebook(tmp_path, cells: list[str]):
+    nb = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": src}
+                  for i, src in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+def test_a_fix_that_would_leave_a_name_unbound_is_refused_and_nothing_of_it_is_written(tmp_path):
+    # An exploration loader left at top level reads the split the data fix would move into the
+    # hooks: the gate refuses that fix and names the cell, line and name.
+    path = _notebook(tmp_path, [
+        "import torch\nimport lightning as L\nfrom torch.utils.data import DataLoader, TensorDataset, random_split\nfrom lit_regressor import LitRegressor",
+        "full = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))\ntrain_ds, val_ds = random_split(full, [48, 16])\n"
+        "train_loader = DataLoader(dataset=train_ds, batch_size=8)\nval_loader = DataLoader(val_ds, batch_size=8)\n"
+        "explore_loader = DataLoader(dataset=train_ds, batch_size=4)",
+        "x, y = next(iter(explore_loader))\nprint(x.shape)",
+        'model = LitRegressor()\ntrainer = L.Trainer(max_epochs=1, devices=2, strategy="ddp_notebook")\ntrainer.fit(model, train_loader, val_loader)',
+    ])
+    original = path.read_text()
+    result = fix_notebook(read_notebook(path), unsafe_fixes=True)
+    notes = [r for r in result.refused if "data into the dataloader hooks" in r]
+    assert notes, result.refused
+    assert "read before the notebook binds it" in notes[0] and "(cell 2, line" in notes[0]
+    assert result.fixed == original
+    assert {d.code for d in result.remaining} == {"NBR201"}
+
+
+@pytest.mark.parametrize("command", ["FixNotebookCommand", "WrapTrainingCommand"])
+def test_the_libcst_commands_go_through_the_same_fixes_and_gate(command):
+    import libcst as cst
+    from libcst.codemod import CodemodContext
+
+    from codemods import commands
+
+    source = "# %%\nfrom lightning.fabric import Fabric\nimport torch\n\n# %%\nfabric = Fabric(devices=2)\nfabric.launch()\nmodel = torch.nn.Linear(2, 2)\nmodel = fabric.setup(model)\n"
+    out = getattr(commands, command)(CodemodContext()).transform_module(cst.parse_module(source)).code
+    assert "def train(fabric):" in out and "fabric.launch(train)" in out
+    assert new_unbound(source, out) == []
