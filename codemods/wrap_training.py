@@ -6,15 +6,18 @@ The layout it writes is the *Good* example of Lightning's "Fabric in Notebooks" 
     def train(fabric):          # in the cell where the training region started
         <data, model, set-up, loop: the region's statements, in their order>
         if fabric.global_rank == 0:
-            torch.save({"losses": losses, "model": model.module}, "train_results.pt")
+            torch.save({"losses": losses, "model": model.module}, train_results_path)
 
+    train_results_path = tempfile.mkdtemp(prefix="nbrefactor-") + "/train_results.pt"
     fabric.launch(train)        # where the region ended
-    train_results = torch.load("train_results.pt", map_location="cpu", weights_only=False)
+    train_results = torch.load(train_results_path, map_location="cpu", weights_only=False)
     losses, model = train_results["losses"], train_results["model"]
 
 What stays at top level: imports, functions, classes, constants and the `Fabric(...)` itself.
 Names the notebook reads after training come back through a file written by rank 0, never through
-`launch`'s return value (tensors fail there, and anything over ~64 KiB deadlocks the pipe). Cells
+`launch`'s return value (tensors fail there, and anything over ~64 KiB deadlocks the pipe); the
+file lives in a fresh temporary folder, never beside the user's notebook, and is chosen before the
+launch so the forked processes inherit its name. Cells
 that explore the data before training keep working: the data they read is built by a top-level
 factory (`make_dataset()`), called once for the notebook and once in each training process.
 `print` in moved code becomes `fabric.print`, so the output appears once, as before.
@@ -28,11 +31,12 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
+from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement, qualified_name
 from codemods.rules.base import runs_before_a_launch
 
-RESULTS_FILE = "train_results.pt"
+RESULTS_FILE = "train_results.pt"  # in a fresh temporary folder, chosen before the launch
 _MAGIC = re.compile(r"^__nbrefactor_magic_\d+__$")
 
 
@@ -364,6 +368,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     come_back = sorted((defined_in_train & used_after) - factory_names - {fabric_name})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
+    results_path = _fresh("train_results_path", taken)
     torch_alias = _module_alias(facts, "torch")
     extra_imports: list[cst.BaseStatement] = []
     if come_back and torch_alias is None:
@@ -393,10 +398,12 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     # top-level definitions that train reads before it rebinds them.
     train_body: list[cst.BaseStatement] = []
     to_fabric_print = _PrintToFabric(fabric_name)
+    train_name = function
+    on_device = ProcessDevice(f"{_fabric_parameter(facts, function) or fabric_name}.device", facts)  # CUDA -> each process's own device
     factory_done = False
     for i in sorted(set(moved) | set(copies)):
         if i in copies:
-            train_body.append(without_cell_part(statements[i].node))
+            train_body.append(without_cell_part(statements[i].node).visit(on_device))
             continue
         if i in factory:
             if not factory_done:
@@ -404,7 +411,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
                 factory_done = True
             continue
         stmt = without_cell_part(statements[i].node)
-        train_body.append(stmt.visit(to_fabric_print))
+        train_body.append(stmt.visit(to_fabric_print).visit(on_device))
     if factory and not factory_done:
         train_body.insert(0, cst.parse_statement(factory_call_line))
 
@@ -418,7 +425,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     if come_back:
         save = cst.parse_statement(
             f"if {fabric_name}.global_rank == 0:\n"
-            f"    {torch_alias}.save({{{', '.join(save_items)}}}, \"{RESULTS_FILE}\")\n"
+            f"    {torch_alias}.save({{{', '.join(save_items)}}}, {results_path})\n"
         )
         train_body.append(save.with_changes(leading_lines=[
             cst.EmptyLine(comment=cst.Comment("# The notebook reads these after training: rank 0 hands them back through a file.")),
@@ -442,13 +449,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         )
         launch_lines = [cst.parse_statement(f"{fabric_name}.launch({train_name})\n")]
         if come_back:
-            results = _fresh("train_results", taken)
-            launch_lines.append(cst.parse_statement(
-                f'{results} = {torch_alias}.load("{RESULTS_FILE}", map_location="cpu", weights_only=False)\n'
-            ))
-            lhs = ", ".join(come_back)
-            rhs = ", ".join(f'{results}["{n}"]' for n in come_back)
-            launch_lines.append(cst.parse_statement(f"{lhs} = {rhs}\n"))
+            launch_lines = _results_round_trip(facts, launch_lines[0], results_path, torch_alias, come_back, taken)
         last_moved = moved[-1]
         launch_at = max(last_moved, launch.statement if launch else last_moved)
         for i in moved:
@@ -479,13 +480,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
             plan.replace(factory[0], [*extra_imports, factory_def, factory_call])
         plan.replace(fn_index, [new_fn])
         if come_back:
-            results = _fresh("train_results", taken)
             launch_stmt = statements[launch.statement].node
-            plan.replace(launch.statement, [
-                launch_stmt,
-                cst.parse_statement(f'{results} = {torch_alias}.load("{RESULTS_FILE}", map_location="cpu", weights_only=False)\n'),
-                cst.parse_statement(f"{', '.join(come_back)} = {', '.join(f'{results}[{n!r}]' for n in come_back)}\n"),
-            ])
+            plan.replace(launch.statement, _results_round_trip(facts, launch_stmt, results_path, torch_alias, come_back, taken))
     for i in moved:
         for code in hazards.get(i, []):
             what = "built the data" if code == "NBR201" else "deferred the CUDA work"
@@ -493,12 +489,37 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     if factory:
         changes.append(("NBR201", statements[factory[0]].cell, f"exploration cells read the data through {factory_name}(), which each training process also calls"))
     if come_back:
-        changes.append(("NBR302", statements[moved[-1]].cell, f"rank 0 saves {', '.join(come_back)} to {RESULTS_FILE}; the notebook loads them after training"))
+        changes.append(("NBR302", statements[moved[-1]].cell, f"rank 0 saves {', '.join(come_back)} to {RESULTS_FILE} in a temporary folder; the notebook loads them after training"))
+    if on_device.rewrites:
+        changes.append(("NBR101", statements[first_moved].cell,
+                        f"{train_name}({fabric_name}) places its tensors on each process's own device: {on_device.summary()}"))
     if to_fabric_print.count:
         changes.append(("NBR302", statements[first_moved].cell, f"{to_fabric_print.count} print call{'s' * (to_fabric_print.count != 1)} became {fabric_name}.print (rank 0 prints once)"))
     out.module = rebuild(module, plan)
     out.changes.extend(changes)
     return out
+
+
+def _results_round_trip(facts, launch_stmt, path_name, torch_alias, come_back, taken) -> list[cst.BaseStatement]:
+    """The launch between choosing the results file and loading what rank 0 saved there."""
+    tempfile = _module_alias(facts, "tempfile")
+    out: list[cst.BaseStatement] = []
+    if tempfile is None:
+        tempfile = "tempfile"
+        out.append(cst.parse_statement("import tempfile\n"))
+    out.append(cst.parse_statement(f'{path_name} = {tempfile}.mkdtemp(prefix="nbrefactor-") + "/{RESULTS_FILE}"\n'))
+    out.append(launch_stmt)
+    results = _fresh("train_results", taken)
+    out.append(cst.parse_statement(f'{results} = {torch_alias}.load({path_name}, map_location="cpu", weights_only=False)\n'))
+    rhs = ", ".join(f'{results}["{n}"]' for n in come_back)
+    out.append(cst.parse_statement(f"{', '.join(come_back)} = {rhs}\n"))
+    return out
+
+
+def _fabric_parameter(facts: NotebookFacts, function: str | None) -> str | None:
+    """The name an existing launched function gives its Fabric (`def train(f):` -> "f")."""
+    summary = facts.functions.get(function) if function else None
+    return summary.params[0] if summary is not None and summary.params else None
 
 
 def _cells(cells: list[int]) -> str:
