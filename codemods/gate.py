@@ -142,9 +142,29 @@ def _read_before_assigned(node: ast.AST, table: symtable.SymbolTable) -> dict[st
     body (`model, opt = fabric.setup(model, opt)` with no earlier `model` in the function):
     UnboundLocalError when it is called. Name -> line of the read."""
     local = {s.get_name() for s in table.get_symbols() if s.is_local() and s.is_assigned() and not s.is_parameter()}
+    read, _ = _evaluation_order(node.body, local)
+    return read
+
+
+def bound_before_read(source: str) -> set[str]:
+    """Names a piece of top-level code binds before it first reads them, in evaluation order
+    (`for x, y in loader: model(x)` binds `x` and `y` first): such a statement does not read an
+    earlier `x`. Empty when the source does not parse."""
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    read, stored = _evaluation_order(body, None)
+    return stored - set(read)
+
+
+def _evaluation_order(body: list[ast.stmt], tracked: set[str] | None) -> tuple[dict[str, int], set[str]]:
+    """Walk statements in the order Python evaluates them (an assignment's value before its
+    targets, a loop's iterable before its target and body; nested function and lambda bodies do not
+    run): (names read before any binding, with the line of that read; names bound)."""
     read: dict[str, int] = {}
     stored: set[str] = set()
-    stack = list(reversed(node.body))
+    stack = list(reversed(body))
     while stack:
         n = stack.pop()
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -156,22 +176,25 @@ def _read_before_assigned(node: ast.AST, table: symtable.SymbolTable) -> dict[st
             stored.update(alias.asname or alias.name.split(".")[0] for alias in n.names)
         elif isinstance(n, ast.ExceptHandler) and n.name:
             stored.add(n.name)
-        elif isinstance(n, ast.Name) and n.id in local:
-            if isinstance(n.ctx, ast.Load):
-                if n.id not in stored:
-                    read.setdefault(n.id, n.lineno)
-            else:
+        elif isinstance(n, ast.Name) and (tracked is None or n.id in tracked):
+            if not isinstance(n.ctx, ast.Load):
                 stored.add(n.id)
+            elif n.id not in stored:
+                read.setdefault(n.id, n.lineno)
         if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.NamedExpr)):
-            # The value is evaluated before the targets are bound.
             targets = n.targets if isinstance(n, ast.Assign) else [n.target]
             stack.extend(reversed([*([n.value] if n.value is not None else []), *targets]))
             continue
         if isinstance(n, (ast.For, ast.AsyncFor)):
             stack.extend(reversed([n.iter, n.target, *n.body, *n.orelse]))
             continue
+        if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            order = [part for gen in n.generators for part in (gen.iter, gen.target, *gen.ifs)]
+            order += [n.key, n.value] if isinstance(n, ast.DictComp) else [n.elt]  # the element last
+            stack.extend(reversed(order))
+            continue
         stack.extend(reversed(list(ast.iter_child_nodes(n))))
-    return read
+    return read, stored
 
 
 # ---------------------------------------------------------------------------------------------

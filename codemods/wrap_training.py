@@ -34,6 +34,7 @@ from codemods import names as N
 from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement, qualified_name
+from codemods.gate import bound_before_read
 from codemods.rules.base import runs_before_a_launch
 
 RESULTS_FILE = "train_results.pt"  # in a fresh temporary folder, chosen before the launch
@@ -216,6 +217,19 @@ def _movable(facts, index, moved_set, allow_unsafe) -> bool:
     return not _used_outside(facts, defined, moved_set | {index})
 
 
+def _movable_early(facts: NotebookFacts, early: list[int], inside: set[int], allow_unsafe: bool) -> list[int]:
+    """The hazards before the region that move into `train` with it. Safe: those whose results
+    nothing that stays at top level reads (decided together: one that stays keeps what it reads)."""
+    if allow_unsafe:
+        return list(early)
+    moving = set(early)
+    while True:
+        staying = [i for i in moving if not _movable(facts, i, inside | moving, False)]
+        if not staying:
+            return sorted(moving)
+        moving -= set(staying)
+
+
 def _closure(facts: NotebookFacts, seeds: list[int], upto: int) -> list[int]:
     """Statements after the first seed (and up to `upto`) that read what moved statements define:
     they must move too, unless they only look (exploration, handled separately)."""
@@ -230,12 +244,56 @@ def _closure(facts: NotebookFacts, seeds: list[int], upto: int) -> list[int]:
     return sorted(moved)
 
 
-def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_training: set[str], training: set[int]) -> tuple[list[int], list[int]]:
-    """(moved, exploration): statements that only look at the data (define nothing training reads,
-    do no training and touch no CUDA) stay at top level."""
+SETUP_METHODS = {"setup", "setup_module", "setup_optimizers", "setup_dataloaders"}
+
+
+def outer_reads(st: Statement, module: cst.Module) -> set[str]:
+    """The names a statement reads from outside: what it binds before reading (a `for` loop's
+    target, `for x, y in loader: model(x)`) is not read from an earlier statement."""
+    return st.uses - bound_before_read(module.code_for_node(st.node))
+
+
+def _target_names(target: cst.CSTNode) -> set[str]:
+    if isinstance(target, cst.Name):
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return set().union(*(_target_names(el.value) for el in target.elements))
+    return set()
+
+
+def _setup_rebinds(facts: NotebookFacts, moved: list[int]) -> set[int]:
+    """Moved statements that only wrap what earlier statements built
+    (`loader = fabric.setup_dataloaders(loader)`): the wrapped objects matter only in the training
+    processes; cells outside `train` keep reading the plain ones (kept at top level, or made by
+    the exploration factory)."""
+    out: set[int] = set()
+    for i in moved:
+        st = facts.statements[i]
+        pairs = list(_assign_pairs(st.node))
+        if len(pairs) != 1 or len(st.node.body) != 1:
+            continue
+        target, value = pairs[0]
+        if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value in SETUP_METHODS):
+            continue
+        names = _target_names(target)
+        earlier = {n for o in facts.statements[:i] for n in o.defines}
+        if names and names <= earlier:
+            out.add(i)
+    return out
+
+
+def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_training: set[str], training: set[int]) -> tuple[list[int], list[int], set[int]]:
+    """(moved, stays, rebinds). What stays at top level: statements that look at the data, and
+    those that only prepare what such statements read (`counts = Counter()` before a loop that
+    counts labels), as long as they define nothing training reads, do no training, build no data
+    that reaches it and touch no CUDA. Exploration that reads a loader Fabric wraps
+    (`loader = fabric.setup_dataloaders(loader)`) keeps reading the plain one."""
     hazard_cuda = {u.statement for u in facts.cuda}
+    data_statements = {d.statement for d in facts.data}
+    rebinds = _setup_rebinds(facts, moved)
     keep_out: list[int] = []
     later_uses: set[str] = set(needed_by_training)
+    explored: set[str] = set()  # what the statements kept out read
     defined_before: dict[int, set[str]] = {}
     acc: set[str] = set()
     for i in moved:
@@ -243,28 +301,28 @@ def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_trainin
         acc |= facts.statements[i].defines
     for i in reversed(moved):
         st = facts.statements[i]
-        looks_at_moved_data = bool(st.uses & defined_before[i])
-        if (
-            not looks_at_moved_data
-            or i in training
-            or i in hazard_cuda
-            or (st.defines & later_uses)
-            or any(d.statement == i for d in facts.data)
-        ):
-            later_uses |= st.uses
+        needed = i in training or i in hazard_cuda or i in data_statements or i in rebinds or bool(st.defines & later_uses)
+        looks = bool(st.uses & defined_before[i]) or bool(st.defines & explored)
+        if needed or not looks:
+            later_uses |= outer_reads(st, facts.module)
             continue
         keep_out.append(i)
+        explored |= outer_reads(st, facts.module)
     keep_out.reverse()
-    return [i for i in moved if i not in keep_out], keep_out
+    return [i for i in moved if i not in keep_out], keep_out, rebinds
 
 
-def _factory_for(facts: NotebookFacts, exploration: list[int], moved: list[int]) -> list[int]:
-    """The moved statements the exploration cells need at top level (their data, transitively)."""
-    needed: set[str] = set().union(*(facts.statements[i].uses for i in exploration)) if exploration else set()
+def _factory_for(facts: NotebookFacts, exploration: list[int], moved: list[int], rebinds: set[int] = frozenset(), data_after: set[str] = frozenset()) -> list[int]:
+    """The moved statements the exploration cells need at top level (their data, transitively),
+    and those that build data the notebook reads after training; set-up calls that only wrap
+    top-level objects are not needed there."""
+    needed: set[str] = set().union(*(outer_reads(facts.statements[i], facts.module) for i in exploration)) if exploration else set()
     factory: list[int] = []
     for i in reversed(moved):
         st = facts.statements[i]
-        if st.defines & needed and i < max(exploration, default=-1):
+        if i in rebinds:
+            continue
+        if st.defines & needed and i < max(exploration, default=-1) or st.defines & data_after:
             factory.append(i)
             needed |= st.uses
     return sorted(factory)
@@ -281,16 +339,19 @@ def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_u
         st.index for st in facts.statements[start : end + 1]
         if _in_region(st, facts, start) and (launch is None or st.index != launch.statement)
     ]
-    movable_early = [i for i in early if _movable(facts, i, set(region) | set(early), allow_unsafe)]
+    _, stays, _ = _split_exploration(facts, _closure(facts, region, end), set(), set(top_training)) if region else ([], [], set())
+    movable_early = _movable_early(facts, early, set(region) - set(stays), allow_unsafe)
     moved = _closure(facts, sorted(set(region) | set(movable_early)), end)
     moved = [i for i in moved if launch is None or i != launch.statement]
     if not moved:
         return out
+    training = set(top_training)
+    moved, exploration, rebinds = _split_exploration(facts, moved, set(), training)
+    if not moved:
+        return out
     anchor = moved[0]  # `def train` goes where the region starts, not where pulled-in code was
     moved, copies = _pull_in_read_before_assigned(facts, moved, launch.statement if launch else end)
-    training = set(top_training)
-    moved, exploration = _split_exploration(facts, moved, set(), training)
-    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end, copies=copies, anchor=anchor)
+    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end, copies=copies, anchor=anchor, rebinds=rebinds)
 
 
 def _in_region(st: Statement, facts: NotebookFacts, start: int) -> bool:
@@ -332,7 +393,11 @@ def _pull_in_read_before_assigned(facts: NotebookFacts, moved: list[int], launch
             break
         pulling = {d.index for d in definers}
         for d in definers:
-            readers = [st for st in statements if st.index not in moved and st.index not in pulling and st.index < launch_at and st.uses & d.defines]
+            # Data read after the launch stays at top level (the notebook's own plain copy);
+            # anything else read after it comes back from rank 0.
+            data = any(b.statement == d.index for b in facts.data)
+            readers = [st for st in statements if st.index not in moved and st.index not in pulling and st.index != launch_at
+                       and (st.index < launch_at or data) and st.uses & d.defines]
             if is_definition(d, facts) or readers:
                 copies.append(d.index)
             else:
@@ -344,28 +409,31 @@ def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allo
     summary = facts.functions.get(function)
     if summary is None:
         return out
-    seeds = [i for i in sorted(hazards) if i < launch.statement and _movable(facts, i, set(hazards), allow_unsafe)]
+    seeds = _movable_early(facts, [i for i in sorted(hazards) if i < launch.statement], set(), allow_unsafe)
     if not seeds:
         return out
     moved = _closure(facts, seeds, launch.statement - 1)
-    moved, exploration = _split_exploration(facts, moved, set(summary.free_names), set())
-    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function)
+    moved, exploration, rebinds = _split_exploration(facts, moved, set(summary.free_names), set())
+    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function, rebinds=rebinds)
 
 
-def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None, copies=(), anchor=None) -> Outcome:
+def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None, copies=(), anchor=None, rebinds=frozenset()) -> Outcome:
     module = facts.module
     statements = facts.statements
-    factory = _factory_for(facts, exploration, moved)
     after_launch = {st.index for st in statements if st.index > (end if new_function else launch.statement)}
     moved_set = set(moved)
     defined_in_train = set().union(*(statements[i].defines for i in moved)) if moved else set()
-    factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
     used_after = set()
     for i in sorted(after_launch):
         if i in moved_set:
             continue
-        used_after |= statements[i].uses
-    come_back = sorted((defined_in_train & used_after) - factory_names - {fabric_name})
+        used_after |= outer_reads(statements[i], module)
+    # Data the notebook reads after training is its own plain copy, made as exploration's is.
+    data_after = used_after & {n for b in facts.data if b.statement in moved_set for n in statements[b.statement].defines}
+    factory = _factory_for(facts, exploration, moved, rebinds, data_after)
+    factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
+    kept_data = {n for i in copies if any(b.statement == i for b in facts.data) for n in statements[i].defines}
+    come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {fabric_name})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
     results_path = _fresh("train_results_path", taken)
@@ -464,6 +532,13 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         if launch_at == first_moved:
             launch_lines[0] = launch_lines[0].with_changes(leading_lines=[cst.EmptyLine()])
             plan.replace(first_moved, [*head, fn, *launch_lines])
+        elif _code_stays_after(statements, first_moved, moved_set | set(factory)):
+            # `def train` must not sit in the middle of a cell whose other code stays: it goes
+            # with the launch, into the cell that ends the training region.
+            if head:
+                plan.replace(first_moved, head)
+            launch_lines[0] = launch_lines[0].with_changes(leading_lines=[cst.EmptyLine()])
+            plan.replace(launch_at, [fn.with_changes(leading_lines=[]), *launch_lines])
         else:
             plan.replace(first_moved, [*head, fn])
             plan.replace(launch_at, launch_lines)
@@ -498,6 +573,12 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     out.module = rebuild(module, plan)
     out.changes.extend(changes)
     return out
+
+
+def _code_stays_after(statements: list[Statement], index: int, leaving: set[int]) -> bool:
+    """Does code of the cell of `index` that stays at top level come after it?"""
+    cell = statements[index].cell
+    return any(st.cell == cell and st.index > index and st.index not in leaving for st in statements)
 
 
 def _results_round_trip(facts, launch_stmt, path_name, torch_alias, come_back, taken) -> list[cst.BaseStatement]:
