@@ -266,11 +266,15 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
             dm_cls = cst.parse_statement(f"class NotebookDataModule({base}):\n    pass\n")
             methods[0] = methods[0].with_changes(leading_lines=[])
             dm_cls = dm_cls.with_changes(body=dm_cls.body.with_changes(body=methods))
-            first = moved[0]
+            # The class goes where the first statement that leaves was (after the last one that
+            # stays, when every one of them stays for other cells).
+            first = next((i for i in moved if i not in kept), max(moved))
             head = [extra_import] if extra_import is not None else []
-            dm_cls = dm_cls.with_changes(leading_lines=[] if split_leading_lines(statements[first].node)[0] else [cst.EmptyLine()])
+            kept_first = [statements[first].node] if first in kept else []
+            bare = not kept_first and split_leading_lines(statements[first].node)[0]
+            dm_cls = dm_cls.with_changes(leading_lines=[] if bare else [cst.EmptyLine()])
             instance = cst.parse_statement(f"{datamodule} = NotebookDataModule()\n").with_changes(leading_lines=[cst.EmptyLine()])
-            out.plan.replace(first, [*head, dm_cls, instance])
+            out.plan.replace(first, [*kept_first, *head, dm_cls, instance])
             target = "a generated LightningDataModule"
         for i in moved:
             if i not in kept and out.plan.edits.get(i) is None:
