@@ -12,6 +12,7 @@ from codemods.facts import NotebookFacts, lightning_import
 from codemods.rules.base import runs_before_a_launch
 from codemods.rules.nbr401_strategy_not_notebook_compatible import NOTEBOOK_EQUIVALENT, notebook_strategy
 from codemods.rules.nbr402_devices_auto_in_notebook import automatic_devices
+from codemods.walk import walk
 
 
 class _Replace(cst.CSTTransformer):
@@ -135,10 +136,34 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
             )
             if whole:
                 plan.remove(use.statement)
-            else:
+            elif _drop_self_assignment(node, call, receiver, replacements) == "statement":
+                plan.remove(use.statement)
+            elif id(call) not in replacements and not any(id(n) in replacements for n in walk(node)):
                 replacements[id(call)] = receiver
             changes.append(("NBR101", call, f"removed `.{attr}(...)` on the LightningModule: the Trainer moves it to each process's device"))
     return plan, replacements, changes
+
+
+def _drop_self_assignment(statement: cst.CSTNode, call: cst.Call, receiver: cst.BaseExpression, replacements: dict) -> str | None:
+    """`model = model.cuda()` nested in a block (`if torch.cuda.is_available():`) would become
+    `model = model`: the line goes instead ("line"), or the whole top-level `if` when that line was
+    all it did ("statement"; `pass` in any other block it was alone in)."""
+    if not isinstance(receiver, cst.Name):
+        return None
+    for block in walk(statement):
+        if not isinstance(block, cst.IndentedBlock):
+            continue
+        for line in block.body:
+            if not (isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1 and isinstance(line.body[0], cst.Assign)):
+                continue
+            assign = line.body[0]
+            targets = [t.target for t in assign.targets]
+            if assign.value is call and len(targets) == 1 and isinstance(targets[0], cst.Name) and targets[0].value == receiver.value:
+                if len(block.body) == 1 and isinstance(statement, cst.If) and statement.body is block and statement.orelse is None:
+                    return "statement"
+                replacements[id(line)] = cst.RemoveFromParent() if len(block.body) > 1 else line.with_changes(body=[cst.Pass()])
+                return "line"
+    return None
 
 
 def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:

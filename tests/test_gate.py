@@ -134,24 +134,34 @@ def _notebook(tmp_path, cells: list[str]):
     return path
 
 
-def test_a_fix_that_would_leave_a_name_unbound_is_refused_and_nothing_of_it_is_written(tmp_path):
-    # An exploration loader left at top level reads the split the data fix would move into the
-    # hooks: the gate refuses that fix and names the cell, line and name.
+def test_a_fix_that_would_leave_a_name_unbound_is_refused_and_the_others_still_run(tmp_path, monkeypatch):
+    # A fix that drops a statement another cell reads (as the data fix once did with an
+    # exploration loader's split) is refused with the cell, line and name; the strategy fix,
+    # declared after it, is still applied.
+    from codemods import fixes
+    from codemods.cells import BodyPlan
+
+    def drop_the_split(facts, options):
+        plan = BodyPlan()
+        plan.remove(next(st.index for st in facts.statements if "train_ds" in st.defines))
+        return fixes.Edit([("NBR201", 1, "moved the split")], plan=plan)
+
+    broken = fixes.Fix("a broken data fix", ("NBR201",), unsafe=False, run=drop_the_split)
+    monkeypatch.setattr(fixes, "FIXES", (broken, *fixes.FIXES))
     path = _notebook(tmp_path, [
-        "import torch\nimport lightning as L\nfrom torch.utils.data import DataLoader, TensorDataset, random_split\nfrom lit_regressor import LitRegressor",
-        "full = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))\ntrain_ds, val_ds = random_split(full, [48, 16])\n"
-        "train_loader = DataLoader(dataset=train_ds, batch_size=8)\nval_loader = DataLoader(val_ds, batch_size=8)\n"
-        "explore_loader = DataLoader(dataset=train_ds, batch_size=4)",
-        "x, y = next(iter(explore_loader))\nprint(x.shape)",
-        'model = LitRegressor()\ntrainer = L.Trainer(max_epochs=1, devices=2, strategy="ddp_notebook")\ntrainer.fit(model, train_loader, val_loader)',
+        "import torch\nimport lightning as L\nfrom torch.utils.data import DataLoader, TensorDataset, random_split",
+        "full = TensorDataset(torch.randn(64, 4))\ntrain_ds, val_ds = random_split(full, [48, 16])\nloader = DataLoader(train_ds)",
+        "batch = next(iter(loader))",
+        'trainer = L.Trainer(devices=2, strategy="ddp")\ntrainer.fit(model, loader)',
     ])
-    original = path.read_text()
-    result = fix_notebook(read_notebook(path), unsafe_fixes=True)
-    notes = [r for r in result.refused if "data into the dataloader hooks" in r]
-    assert notes, result.refused
-    assert "read before the notebook binds it" in notes[0] and "(cell 2, line" in notes[0]
-    assert result.fixed == original
-    assert {d.code for d in result.remaining} == {"NBR201"}
+    result = fix_notebook(read_notebook(path))
+    notes = [r for r in result.refused if "a broken data fix" in r]
+    assert notes == ["not rewritten (NBR201, a broken data fix): afterwards `train_ds` is read before the notebook binds it "
+                     "(cell 2, line 2); the notebook is left as it was for this fix"], result.refused
+    sources = ["".join(c["source"]) for c in json.loads(result.fixed)["cells"]]
+    assert "train_ds, val_ds = random_split" in sources[1]  # nothing of the refused fix
+    assert 'strategy="ddp_notebook"' in sources[3]  # the fixes after it still ran
+    assert [c.code for c in result.changes] == ["NBR401"]
 
 
 @pytest.mark.parametrize("command", ["FixNotebookCommand", "WrapTrainingCommand"])
