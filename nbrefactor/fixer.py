@@ -70,6 +70,20 @@ def _cell_of_node(check: NotebookCheck):
     return cell_of
 
 
+def _without_leading_blank_lines(sources: dict[int, str], notebook: Notebook) -> dict[int, str]:
+    """A cell a fix rewrote never starts with blank lines (code moved out of its top, or a
+    generated function placed first, leaves them); cells the fix did not touch keep theirs."""
+    out = {}
+    for i, source in sources.items():
+        if source != notebook.cells[i].source:
+            lines = source.split("\n")
+            while len(lines) > 1 and not lines[0].strip():
+                lines.pop(0)
+            source = "\n".join(lines)
+        out[i] = source
+    return out
+
+
 def _is_empty(source: str) -> bool:
     lines = [ln for ln in source.split("\n") if ln.strip()]
     return not lines or (len(lines) == 1 and lines[0].startswith("%%"))
@@ -104,7 +118,7 @@ def fix_notebook(
         if new_code is None or new_code == check.module.code:
             break  # `check` describes `current`: its findings are what remains
         try:
-            sources = check.joined.split(new_code)
+            sources = _without_leading_blank_lines(check.joined.split(new_code), current)
         except CellBoundaryError as err:  # a codemod bug must never become a broken notebook
             result.refused.append(f"not rewritten: internal error, cell boundaries were not kept ({err})")
             break
