@@ -7,6 +7,7 @@ whose text never mentions Lightning, Fabric, a Trainer or Accelerate is not anal
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -33,8 +34,9 @@ class Diagnostic:
     column: int  # 1-based
     end_row: int
     end_column: int
-    applicability: str
+    applicability: str  # the rule's declared kind until `nbrefactor.labels.label` asks the fixer
     fix_title: str | None
+    fix_needs: str | None = None  # an option the fix needs besides --unsafe-fixes (`--devices N`)
 
     def sort_key(self):
         return (self.path, self.cell, self.row, self.column, self.code)
@@ -71,7 +73,42 @@ def parse_joined(notebook: Notebook) -> tuple[JoinedNotebook, cst.Module, list[C
     return joined, module, warnings
 
 
+_reused: dict | None = None  # (path, text, selection) -> NotebookCheck, while `reusing_checks` runs
+
+
+@contextlib.contextmanager
+def reusing_checks(*seed: NotebookCheck, selection: Selection):
+    """Within this block, checking the same notebook text twice analyses it once.
+
+    `nbrefactor.labels` fixes a notebook in memory in several modes; every mode starts by
+    checking the original (seeded here from `check`'s own result) and often passes through the
+    same intermediate notebooks. Outside the block nothing is kept."""
+    global _reused
+    outer = _reused
+    _reused = {} if outer is None else outer
+    for c in seed:
+        _reused[(c.notebook.path, c.notebook.raw, _selection_key(selection))] = c
+    try:
+        yield
+    finally:
+        _reused = outer
+
+
+def _selection_key(selection: Selection):
+    return (tuple(selection.select), tuple(selection.ignore))
+
+
 def check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
+    if _reused is None:
+        return _check_notebook(notebook, selection)
+    key = (notebook.path, notebook.raw, _selection_key(selection))
+    if key not in _reused:
+        _reused[key] = _check_notebook(notebook, selection)
+    hit = _reused[key]
+    return NotebookCheck(notebook, list(hit.diagnostics), list(hit.warnings), hit.joined, hit.module, hit.facts)
+
+
+def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     from codemods.facts import analyse
     from codemods.rules import ALL_RULES
 

@@ -111,14 +111,16 @@ def _statistics(diagnostics, output_format: str) -> str:
 
     counts = Counter(d.code for d in diagnostics)
     first = {}
+    labels: dict[str, Counter] = {}
     for d in diagnostics:
         first.setdefault(d.code, d)
+        labels.setdefault(d.code, Counter())[d.applicability if not d.fix_needs else "option"] += 1
     rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     if output_format == "json":
         return json.dumps(
             [
-                {"code": code, "name": first[code].name, "count": n, "fixable": first[code].applicability != "none",
-                 "fix": first[code].applicability}
+                {"code": code, "name": first[code].name, "count": n, "fixable": labels[code]["none"] < n,
+                 "fix": {k: labels[code][k] for k in ("safe", "unsafe", "option", "none")}}
                 for code, n in rows
             ],
             indent=2,
@@ -126,8 +128,11 @@ def _statistics(diagnostics, output_format: str) -> str:
     if not rows:
         return ""
     width = len(str(rows[0][1]))
-    mark = {"safe": "[*] ", "unsafe": "[-] "}
-    return "".join(f"{n:>{width}}\t{code}\t{mark.get(first[code].applicability, '[ ] ')}{first[code].name}\n" for code, n in rows)
+
+    def mark(code: str) -> str:  # ruff's marks: [*] some fixed by `fix`, [-] only with a flag
+        return "[*] " if labels[code]["safe"] else "[-] " if labels[code]["none"] < counts[code] else "[ ] "
+
+    return "".join(f"{n:>{width}}\t{code}\t{mark(code)}{first[code].name}\n" for code, n in rows)
 
 
 @main.command()
@@ -181,13 +186,23 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
         click.echo(render(diagnostics, output_format), nl=False)
     if output_format in ("text", "concise") and not quiet:
         if diagnostics:
-            fixable = sum(d.applicability != "none" for d in diagnostics)
-            click.echo(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {checked} notebook{'s' * (checked != 1)} ({fixable} with a fix).")
+            click.echo(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {checked} notebook{'s' * (checked != 1)}. {_fixable_summary(diagnostics)}")
         elif checked:
             click.echo(f"All checks passed ({checked} notebook{'s' * (checked != 1)}).")
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_FINDINGS if diagnostics and not exit_zero else EXIT_CLEAN)
+
+
+def _fixable_summary(diagnostics) -> str:
+    """"N1 fixable with `nbrefactor fix`, N2 more with `--unsafe-fixes`." from the findings' labels."""
+    safe = sum(d.applicability == "safe" and not d.fix_needs for d in diagnostics)
+    unsafe = sum(d.applicability == "unsafe" and not d.fix_needs for d in diagnostics)
+    devices = sum(d.applicability != "none" and bool(d.fix_needs) for d in diagnostics)
+    text = f"{safe} fixable with `nbrefactor fix`, {unsafe} more with `--unsafe-fixes`"
+    if devices:
+        text += f", {devices} with `--devices N`"
+    return text + "."
 
 
 @dataclass
@@ -221,7 +236,9 @@ def _check_file(path, stdin_filename, selection) -> _FileOutcome:
     for w in result.warnings:
         row = f":{w.row}" if w.row else ""
         out.notes.append(f"{name}:cell {w.cell}{row}: {w.message}")
-    out.diagnostics = result.diagnostics
+    from nbrefactor.labels import label
+
+    out.diagnostics = label(result, selection)  # what `fix` will really do
     return out
 
 
@@ -296,6 +313,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     """
     from nbrefactor.celldiff import cell_diff
     from nbrefactor.fixer import fix_notebook
+    from nbrefactor.labels import hint
     from nbrefactor.report import text_line
     from nbrefactor.writer import fingerprint, write_atomically, write_together
 
@@ -313,6 +331,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     to_stderr = piped or show_diff  # stdout carries the notebook (or the diff)
     would_change = 0
     remaining_total = 0
+    remaining_labels: list = []
     fixed_total = 0
     for path in files:
         stdin = str(path) == "-"
@@ -361,8 +380,13 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                 sys.stdout.flush()
             remaining = _shown(result.remaining, name, result.after or notebook)
             remaining_total += len(remaining)
+            if not quiet and remaining:
+                remaining = _with_hints(result, remaining, selection, unsafe_fixes, devices)
+                remaining_labels.extend(remaining)
             for d in remaining:
                 click.echo(text_line(d), err=to_stderr)
+                if not quiet:
+                    click.echo(f"  help: {hint(d)}", err=to_stderr)
         except NotANotebook as err:
             _note(f"{err.one_line()}; skipped", quiet)
         except NotebookError as err:
@@ -373,9 +397,11 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
         if fixed_total:
             summary.append(f"{fixed_total} change{'s' * (fixed_total != 1)} in {would_change} notebook{'s' * (would_change != 1)}" + (" (not written)" if show_diff or check_only else ""))
         if remaining_total:
-            hint = "" if unsafe_fixes else " (some may need --unsafe-fixes or --devices N; see `nbrefactor rules CODE`)"
-            summary.append(f"{remaining_total} finding{'s' * (remaining_total != 1)} remain{'s' * (remaining_total == 1)}{hint}")
-        click.echo(("; ".join(summary) + ".") if summary else "Nothing to fix.", err=to_stderr)
+            summary.append(f"{remaining_total} finding{'s' * (remaining_total != 1)} remain{'s' * (remaining_total == 1)}: {_remaining_summary(remaining_labels)}")
+        if summary:
+            click.echo("; ".join(summary) + ".", err=to_stderr)
+        elif not errors:  # "Nothing to fix." beside an error would contradict it
+            click.echo("Nothing to fix.", err=to_stderr)
     if errors:
         sys.exit(EXIT_ERROR)
     if show_diff or check_only:
@@ -383,6 +409,37 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     if piped:
         sys.exit(EXIT_CLEAN)  # a filter (jupytext --pipe) must not fail because findings remain
     sys.exit(EXIT_FINDINGS if remaining_total and not exit_zero else EXIT_CLEAN)
+
+
+def _with_hints(result, remaining, selection, unsafe_fixes, devices) -> list:
+    """`remaining` labelled with what would still fix each finding beyond the flags `fix` was
+    given (`--unsafe-fixes`, `--devices N`), found by asking the fixer; else a manual step."""
+    import dataclasses
+
+    from nbrefactor.checker import reusing_checks
+    from nbrefactor.labels import probe
+
+    after = result.after
+    if after is None:
+        return remaining
+    with reusing_checks(selection=selection):
+        labels = probe(after, result.remaining, selection, fixed_with=(unsafe_fixes, devices))
+    return [dataclasses.replace(d, applicability=a, fix_needs=n) for d, (a, n) in zip(remaining, labels)]
+
+
+def _remaining_summary(labelled) -> str:
+    """What the findings left after `fix` need: a flag, or a manual step."""
+    unsafe = sum(d.applicability == "unsafe" and not d.fix_needs for d in labelled)
+    devices = sum(d.applicability != "none" and bool(d.fix_needs) for d in labelled)
+    manual = sum(d.applicability == "none" for d in labelled)
+    parts = []
+    if unsafe:
+        parts.append(f"{unsafe} fixable with `--unsafe-fixes`")
+    if devices:
+        parts.append(f"{devices} fixable with `--devices N`")
+    if manual:
+        parts.append(f"{manual} need{'s' * (manual == 1)} a manual fix (see `nbrefactor rules CODE`)")
+    return ", ".join(parts) if parts else "see `nbrefactor rules CODE`"
 
 
 def _dedupe(changes):
@@ -417,7 +474,7 @@ def rules(code, output_format):
         if output_format == "json":
             click.echo(json.dumps(_rule_json(rule), indent=2))
         else:
-            click.echo(f"# {rule.name} ({rule.code})\n\nFix: {rule.applicability.value}\n\n{rule.docs()}")
+            click.echo(f"# {rule.name} ({rule.code})\n\n{rule.fix_availability.sentence}\n\n{rule.docs()}")
         return
     if output_format == "json":
         click.echo(json.dumps([_rule_json(r) for r in ALL_RULES], indent=2))
@@ -425,7 +482,7 @@ def rules(code, output_format):
         click.echo(rule_table())
     else:
         for r in ALL_RULES:
-            click.echo(f"{r.code}  {r.name:<38} fix: {r.applicability.value:<7} {r.summary}")
+            click.echo(f"{r.code}  {r.name:<38} fix: {r.fix_availability.value:<9} {r.summary}")
 
 
 def _rule_json(rule) -> dict:
@@ -433,7 +490,8 @@ def _rule_json(rule) -> dict:
         "code": rule.code,
         "name": rule.name,
         "summary": rule.summary,
-        "fix": rule.applicability.value,
+        "fix": rule.fix_availability.sentence,  # ruff's field and words
+        "fix_availability": rule.fix_availability.value,
         "fix_title": rule.fix_title,
         "explanation": rule.docs(),
     }
@@ -445,7 +503,7 @@ def rule_table() -> str:
 
     lines = ["| Code | Name | What it finds | Fix |", "| --- | --- | --- | --- |"]
     for r in ALL_RULES:
-        lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.applicability.value} |")
+        lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.fix_availability.value} |")
     return "\n".join(lines)
 
 

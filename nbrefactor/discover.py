@@ -17,7 +17,9 @@ from pathlib import Path
 from nbrefactor.errors import NotebookError
 
 _SKIP_DIRS = {".ipynb_checkpoints", "node_modules", "__pycache__", "site-packages", "venv", ".venv", "build", "dist"}
-_JUPYTEXT_PY = re.compile(r"^(# ---\n#\s+jupyter:|# %%|#\s+jupyter:)", re.MULTILINE)
+# A jupytext header, or cell markers: percent (`# %%`, `#%%`) or light (`# +`).
+_JUPYTEXT_PY = re.compile(r"^(# ---\n#\s+jupyter:|#\s?%%|#\s+jupyter:|# \+\s*$)", re.MULTILINE)
+SCRIPT_MESSAGE = "a Python script, not a notebook (no jupytext header or cell markers); script rules come later"
 _JUPYTEXT_MD = re.compile(r"^---\n(?:.*\n)*?jupyter:", re.MULTILINE)
 
 
@@ -29,6 +31,17 @@ def _looks_like_text_notebook(path: Path) -> bool:
     if path.suffix == ".py":
         return _JUPYTEXT_PY.search(head) is not None
     return _JUPYTEXT_MD.search(head) is not None
+
+
+def is_plain_script(path: Path) -> bool:
+    """A `.py` file that is not a jupytext notebook: no header, no cell markers, and no `.ipynb`
+    beside it that it could be the text side of."""
+    return (
+        path.suffix == ".py"
+        and path.is_file()
+        and not _looks_like_text_notebook(path)
+        and not path.with_suffix(".ipynb").exists()
+    )
 
 
 def _excluded(path: Path, patterns: tuple[str, ...]) -> bool:
@@ -53,6 +66,8 @@ def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[lis
                         continue
                     if f.suffix == ".ipynb" or (f.suffix in (".py", ".md") and _looks_like_text_notebook(f)):
                         found.append(f)
+        elif is_plain_script(p):  # named on the command line: say why it is not fixed
+            errors.append(NotebookError(raw, SCRIPT_MESSAGE))
         elif p.exists() or p.is_symlink():
             found.append(p)
         else:

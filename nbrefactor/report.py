@@ -22,7 +22,10 @@ def as_text(diagnostics: list[Diagnostic]) -> str:
 def _fix(d: Diagnostic):
     if d.applicability == "none":
         return None
-    return {"applicability": d.applicability, "message": d.fix_title, "edits": []}
+    fix = {"applicability": d.applicability, "message": d.fix_title, "edits": []}
+    if d.fix_needs:
+        fix["needs"] = d.fix_needs  # an option besides --unsafe-fixes, such as `--devices N`
+    return fix
 
 
 def as_json(diagnostics: list[Diagnostic]) -> str:
@@ -81,7 +84,7 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
             "shortDescription": {"text": r.summary},
             "fullDescription": {"text": r.docs()},
             "help": {"text": r.docs(), "markdown": r.docs()},
-            "properties": {"fix_applicability": r.applicability.value},
+            "properties": {"fix_availability": r.fix_availability.value},
         }
         for r in ALL_RULES
     ]
@@ -104,7 +107,7 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
                     "logicalLocations": [{"name": f"cell {d.cell}", "kind": "notebookCell"}],
                 }
             ],
-            "properties": {"cell": d.cell, "fix_applicability": d.applicability},
+            "properties": {"cell": d.cell, "fix_applicability": d.applicability, **({"fix_needs": d.fix_needs} if d.fix_needs else {})},
         }
         for d in diagnostics
     ]

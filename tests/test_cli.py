@@ -30,7 +30,7 @@ def test_json_format_uses_ruff_field_names():
     assert first["code"] == "NBR101" and first["cell"] == 3
     assert first["location"] == {"row": 2, "column": 5}
     assert first["end_location"] == {"row": 2, "column": 27}
-    assert first["fix"]["applicability"] == "unsafe"
+    assert first["fix"]["applicability"] == "safe"  # plain `fix` wraps it into train(fabric)
 
 
 def test_github_and_sarif_formats():
@@ -86,7 +86,7 @@ def test_rules_catalogue_and_docs():
     r = run_cli("rules")
     assert r.returncode == 0 and r.stdout.decode().count("NBR") == len(ALL_RULES)
     doc = run_cli("rules", "nbr101").stdout.decode()
-    assert "## Why is this bad?" in doc and "Fix: unsafe" in doc
+    assert "## Why is this bad?" in doc and "Fix is sometimes available." in doc
     assert run_cli("rules", "NBR999").returncode == 2
 
 

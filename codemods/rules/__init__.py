@@ -3,7 +3,7 @@ are generated from these classes."""
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 from codemods.rules.nbr101_cuda_before_launch import CudaInitializedBeforeLaunch
 from codemods.rules.nbr102_cuda_probe_before_lightning_import import CudaProbeBeforeLightningImport
 from codemods.rules.nbr201_data_built_in_notebook_process import DataBuiltInNotebookProcess
@@ -25,4 +25,4 @@ ALL_RULES: tuple[type[Rule], ...] = (
 )
 RULES_BY_CODE = {r.code: r for r in ALL_RULES}
 
-__all__ = ["ALL_RULES", "RULES_BY_CODE", "Applicability", "Finding", "Invalid", "Rule"]
+__all__ = ["ALL_RULES", "RULES_BY_CODE", "Applicability", "Finding", "FixAvailability", "Invalid", "Rule"]

@@ -24,6 +24,19 @@ class Applicability(str, enum.Enum):
     NONE = "none"  # no automatic fix: the message says what to do
 
 
+class FixAvailability(str, enum.Enum):
+    """Whether the rule's findings have a fix at all (ruff's FixAvailability). Which fix a finding
+    gets (safe, unsafe, none) is decided per finding, by asking the fixer: see `nbrefactor.labels`."""
+
+    ALWAYS = "always"  # every finding has a fix (possibly needing --unsafe-fixes or an option)
+    SOMETIMES = "sometimes"  # some findings have a fix, others need a manual step
+    NONE = "none"  # never fixed automatically
+
+    @property
+    def sentence(self) -> str:
+        return {"always": "Fix is always available.", "sometimes": "Fix is sometimes available.", "none": "Fix is not available."}[self.value]
+
+
 @dataclass(frozen=True)
 class Finding:
     node: cst.CSTNode
@@ -43,7 +56,8 @@ class Rule:
     code: ClassVar[str]
     name: ClassVar[str]
     summary: ClassVar[str]  # one line, for tables
-    applicability: ClassVar[Applicability]
+    applicability: ClassVar[Applicability]  # the safety of the rule's fixes where they are offered
+    fix_availability: ClassVar[FixAvailability]  # always / sometimes / none (ruff's model)
     fix_title: ClassVar[str | None] = None
     VALID: ClassVar[list[str]] = []
     INVALID: ClassVar[list[Invalid]] = []

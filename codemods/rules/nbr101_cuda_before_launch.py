@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule, runs_before_a_launch
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule, runs_before_a_launch
 
 
 class CudaInitializedBeforeLaunch(Rule):
@@ -60,6 +60,7 @@ class CudaInitializedBeforeLaunch(Rule):
     name = "cuda-initialized-before-launch"
     summary = "CUDA is initialised in the notebook process before a launch point"
     applicability = Applicability.UNSAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Move the CUDA work into the launched function or a hook"
 
     VALID = [

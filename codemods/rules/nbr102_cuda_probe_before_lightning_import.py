@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule, runs_before_a_launch
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule, runs_before_a_launch
 
 
 class CudaProbeBeforeLightningImport(Rule):
@@ -43,6 +43,7 @@ class CudaProbeBeforeLightningImport(Rule):
     name = "cuda-probe-before-lightning-import"
     summary = "`torch.cuda.is_available()` runs before Lightning is imported"
     applicability = Applicability.SAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Import Lightning before the CUDA probe"
 
     VALID = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 
 class DataBuiltInNotebookProcess(Rule):
@@ -48,6 +48,7 @@ class DataBuiltInNotebookProcess(Rule):
     name = "data-built-in-notebook-process"
     summary = "A Dataset or DataLoader is built in the notebook process and handed to training"
     applicability = Applicability.UNSAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Build the data inside the launched function or the dataloader hooks"
 
     VALID = [

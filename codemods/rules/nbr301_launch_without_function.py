@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from codemods import names as N
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 
 class LaunchWithoutFunction(Rule):
@@ -47,6 +47,7 @@ class LaunchWithoutFunction(Rule):
     name = "launch-without-function"
     summary = "`fabric.launch()` is called without a function"
     applicability = Applicability.SAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Wrap the training code into `def train(fabric)` and call `fabric.launch(train)`"
 
     VALID = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 
 class TrainingAtTopLevel(Rule):
@@ -52,6 +52,7 @@ class TrainingAtTopLevel(Rule):
     name = "training-at-top-level"
     summary = "Fabric training runs at top level instead of in the launched function"
     applicability = Applicability.SAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Move the training region into `def train(fabric)`"
 
     VALID = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 
 class FitTwiceOnOneTrainer(Rule):
@@ -40,6 +40,7 @@ class FitTwiceOnOneTrainer(Rule):
     name = "fit-twice-on-one-trainer"
     summary = "`trainer.fit` is called twice on one Trainer"
     applicability = Applicability.NONE
+    fix_availability = FixAvailability.NONE
 
     VALID = [
         """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from codemods import names as N
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 # Strategy names and what to use in a notebook instead (None: no fork-based equivalent).
 NOTEBOOK_EQUIVALENT = {
@@ -61,6 +61,7 @@ class StrategyNotNotebookCompatible(Rule):
     name = "strategy-not-notebook-compatible"
     summary = "The strategy or start method cannot fork from a notebook"
     applicability = Applicability.SAFE
+    fix_availability = FixAvailability.SOMETIMES
     fix_title = "Use `strategy=\"ddp_notebook\"`"
 
     VALID = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codemods import names as N
-from codemods.rules.base import Applicability, Finding, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 SINGLE_DEVICE_ACCELERATORS = ("cpu", "mps", "tpu")
 
@@ -54,6 +54,7 @@ class DevicesAutoInNotebook(Rule):
     name = "devices-auto-in-notebook"
     summary = "`devices=\"auto\"` (or no `devices`) runs on one GPU in a notebook"
     applicability = Applicability.UNSAFE
+    fix_availability = FixAvailability.ALWAYS
     fix_title = "Set `devices=N` explicitly (`nbrefactor fix --devices N`)"
 
     VALID = [

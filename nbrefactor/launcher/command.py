@@ -108,6 +108,10 @@ def _main(path, settings, report_path, output, fix, compare, unsafe_fixes) -> in
         compare = False
     if compare:
         click.echo(render_compare(reports["original"], reports["fixed"]), nl=False)
+    if "fixed" in reports and reports["fixed"]["verdict"] == "fail":
+        note = unsafe_note(path, reports["fixed"], compare)
+        if note:
+            click.echo(note)
     if report_path:
         data = {label: reports[label] for label in ("original", "fixed") if label in reports} if len(runs) > 1 else final
         _write(report_path, json.dumps(data, indent=2) + "\n", path)
@@ -116,6 +120,21 @@ def _main(path, settings, report_path, output, fix, compare, unsafe_fixes) -> in
 
         _write(output, nbformat.writes(executed), path)
     return exit_code(final)
+
+
+def unsafe_note(path: str, fixed_report: dict, compare: bool) -> str | None:
+    """When the fixed copy failed and `--unsafe-fixes` would fix findings it still has: say so,
+    naming the one the failure is about when its rule is among them."""
+    pending = (fixed_report.get("fix") or {}).get("unsafe_fixable") or []
+    if not pending:
+        return None
+    code = ((fixed_report.get("failure") or {}).get("rule") or {}).get("code")
+    about = [f for f in pending if f["code"] == code]
+    listed = ", ".join(f"{f['code']} cell {f['cell']}" for f in (about or pending))
+    again = f"nbrefactor run {path} {'--compare' if compare else '--fix'} --unsafe-fixes"
+    if about:
+        return f"note: the fixed copy fails on {listed}, which `--unsafe-fixes` would fix: `{again}`"
+    return f"note: the fixed copy still has findings that `--unsafe-fixes` would fix ({listed}): `{again}`"
 
 
 def _render(report: dict) -> str:
@@ -141,6 +160,10 @@ def _read(path: str):
         raise _Failed(err.path, err.message) from None
     if not notebook.is_python:
         raise _Failed(path, f"the kernel language is {notebook.language}; nbrefactor run runs Python notebooks")
+    from nbrefactor.discover import SCRIPT_MESSAGE, is_plain_script
+
+    if is_plain_script(Path(path)):
+        raise _Failed(path, SCRIPT_MESSAGE)
     return notebook, _node(notebook)
 
 
@@ -208,8 +231,21 @@ def _fixed_copy(notebook, settings, unsafe_fixes):
         else:
             message = f"{type(err).__name__}: {err}"
         raise _Failed(notebook.path, f"the fix failed: {message}") from None
+    unsafe_fixable = []
+    if result.remaining and not unsafe_fixes:
+        from nbrefactor.checker import reusing_checks
+        from nbrefactor.labels import probe
+
+        with reusing_checks(selection=Selection()):
+            labels = probe(result.after, result.remaining, Selection(), fixed_with=(False, settings.devices))
+        unsafe_fixable = [
+            {"code": d.code, "cell": d.cell, "row": d.row, "message": d.message}
+            for d, (applicability, needs) in zip(result.remaining, labels)
+            if applicability == "unsafe" and not needs
+        ]
     info = {
         "changed": result.changed,
+        "unsafe_fixable": unsafe_fixable,  # findings left that `--unsafe-fixes` would fix
         "changes": [{"code": c.code, "cell": c.cell, "message": c.message} for c in result.changes],
         "refused": list(result.refused),
         "remaining": [f"cell {d.cell}:{d.row}:{d.column}: {d.code} {d.message}" for d in result.remaining],
