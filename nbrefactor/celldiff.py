@@ -25,6 +25,8 @@ def cell_diff(result: FixResult, name: str | None = None) -> str:
         if new_source == c.source:
             continue
         label = f"{name or before.path}:cell {c.number}" + (" (removed: its code moved)" if c.number in deleted else "")
-        diff = difflib.unified_diff(c.source.splitlines(True), new_source.splitlines(True), fromfile=label, tofile=label)
-        out.append("".join(line if line.endswith("\n") else line + "\n" for line in diff))
+        # Lines without their endings: a cell's last line has no newline, and gains one when code
+        # is added after it; compared with endings, that unchanged line would show as -/+.
+        diff = difflib.unified_diff(c.source.splitlines(), new_source.splitlines(), fromfile=label, tofile=label, lineterm="")
+        out.append("".join(line + "\n" for line in diff))
     return "".join(out)

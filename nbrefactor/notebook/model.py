@@ -130,13 +130,21 @@ def _kernel_language(metadata: dict) -> str | None:
     return lang.lower() if isinstance(lang, str) else None
 
 
+def json_error_text(err: json.JSONDecodeError) -> str:
+    """`Expecting value at line 3 column 5`; json's own message for an open string already ends
+    in "starting at", which must not read "starting at at line 17"."""
+    where = f"line {err.lineno} column {err.colno}"
+    msg = err.msg.rstrip()
+    return f"{msg} {where}" if msg.endswith(" at") else f"{msg} at {where}"
+
+
 def _read_ipynb(path: str, text: str) -> Notebook:
     if not text.strip():
         raise NotebookError(path, "empty file: not a notebook")
     try:
         parsed = ipynb.parse(text)
     except json.JSONDecodeError as err:
-        raise NotebookError(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        raise NotebookError(path, f"not valid JSON: {json_error_text(err)}") from None
     except ipynb.JsonShapeError as err:
         raise NotebookError(path, f"not a notebook: {err}") from None
     except RecursionError:

@@ -54,7 +54,9 @@ def parse_request(body: bytes) -> Request:
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as err:
-        raise BadRequest(f"request body is not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        from nbrefactor.notebook.model import json_error_text
+
+        raise BadRequest(f"request body is not JSON: {json_error_text(err)}") from None
     except RecursionError:
         raise BadRequest("request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
