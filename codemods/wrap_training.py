@@ -470,8 +470,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     on_device = ProcessDevice(f"{_fabric_parameter(facts, function) or fabric_name}.device", facts)  # CUDA -> each process's own device
     factory_done = False
     for i in sorted(set(moved) | set(copies)):
-        if i in copies:
-            train_body.append(without_cell_part(statements[i].node).visit(on_device))
+        if i in copies:  # the original stays where it was, with its comments: they travel once
+            train_body.append(statements[i].node.with_changes(leading_lines=[]).visit(on_device))
             continue
         if i in factory:
             if not factory_done:
