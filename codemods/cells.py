@@ -18,6 +18,18 @@ from typing import Sequence
 import libcst as cst
 
 MARKER_LINE = re.compile(r"^#\s?%%")
+# nbrefactor's own marker, numbered by the cell's index among all cells (`new` for a new cell).
+NUMBERED_MARKER = re.compile(r"^# %% nbrefactor-cell (\d+|new)[ \t]*$")
+
+
+def cell_after(comment: str, current: int, plain: bool = True) -> int:
+    """The cell index that a comment line starts, or `current` when it starts none: nbrefactor's
+    numbered markers say it; jupytext's plain `# %%` markers (in a module that has no numbered
+    ones: `plain`) count on from the previous cell."""
+    m = NUMBERED_MARKER.match(comment)
+    if m:
+        return int(m.group(1)) if m.group(1) != "new" else current + 1
+    return current + 1 if plain and MARKER_LINE.match(comment) else current
 # A magic or shell escape that jupytext commented out (`# %env A=1`, `# !pip install x`).
 COMMENTED_MAGIC = re.compile(r"^#\s?[%!]")
 

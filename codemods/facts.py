@@ -21,7 +21,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.walk import children, contains, walk
-from nbrefactor.notebook.join import MARKER
+from codemods.cells import NUMBERED_MARKER, cell_after
 
 # ---------------------------------------------------------------------------------------------
 # What a name can hold
@@ -573,13 +573,17 @@ class _Analysis:
         cell = -1
         body = list(self.module.body)
         # The first code cell's marker sits in the module header.
+        # nbrefactor's joined modules number their cells; a jupytext percent module (the libcst
+        # commands) has plain `# %%` lines, counted instead.
+        opening = [*self.module.header, *(getattr(body[0], "leading_lines", ()) if body else ())]
+        plain = not any(line.comment is not None and NUMBERED_MARKER.match(line.comment.value) for line in opening)
         for line in self.module.header:
-            if line.comment is not None and (m := MARKER.match(line.comment.value)):
-                cell = int(m.group(1))
+            if line.comment is not None:
+                cell = cell_after(line.comment.value, cell, plain)
         for index, node in enumerate(body):
             for line in getattr(node, "leading_lines", ()):
-                if line.comment is not None and (m := MARKER.match(line.comment.value)):
-                    cell = int(m.group(1))
+                if line.comment is not None:
+                    cell = cell_after(line.comment.value, cell, plain)
             found = scan(node)
             self.if_nodes.extend(found.ifs)
             st = Statement(node, index, cell, found.binds, found.loads, found.calls)

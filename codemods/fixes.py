@@ -14,14 +14,13 @@ data into the dataloader hooks).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import libcst as cst
 
 from codemods import gate, local_fixes
-from codemods.cells import BodyPlan, rebuild
+from codemods.cells import BodyPlan, cell_after, rebuild
 from codemods.facts import NotebookFacts, analyse
 
 Where = "int | cst.CSTNode"  # a cell index, or a node of the module the fix read
@@ -166,22 +165,16 @@ def _gate_note(fix: Fix, code: str, broken: list[gate.Unbound]) -> str:
             f"(cell {cell}, line {row}){more}; the notebook is left as it was for this fix")
 
 
-_NUMBERED = re.compile(r"^# %% nbrefactor-cell (\d+)")
-_ANY_CELL = re.compile(r"^#\s?%%")
-
-
 def locate(code: str, line: int) -> tuple[int, int]:
     """Module line -> (1-based cell number, 1-based row in the cell), from the module's own cell
     markers (nbrefactor's numbered ones, or jupytext's `# %%`)."""
-    cell, start, count = 1, 0, 0
+    cell, start = -1, 0
+    plain = "# %% nbrefactor-cell " not in code
     for number, text in enumerate(code.split("\n")[:line], start=1):
-        m = _NUMBERED.match(text)
-        if m:
-            cell, start = int(m.group(1)) + 1, number
-        elif _ANY_CELL.match(text):
-            count += 1
-            cell, start = count, number
-    return cell, line - start
+        after = cell_after(text, cell, plain)
+        if after != cell:
+            cell, start = after, number
+    return max(cell, 0) + 1, line - start
 
 
 def fix_module(module: cst.Module, options: Options, max_passes: int = 12) -> Iterator[Step]:

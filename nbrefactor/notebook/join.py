@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from codemods.cells import NUMBERED_MARKER
 from nbrefactor.notebook.model import Notebook
 
 MARKER_PREFIX = "# %% nbrefactor-cell "
-MARKER = re.compile(r"^# %% nbrefactor-cell (\d+|new)[ \t]*$")
+MARKER = NUMBERED_MARKER  # codemods/cells.py: the codemods read it too
 _ANY_MARKER = re.compile(r"^[ \t]*# %% nbrefactor-cell\b")
 _PLACEHOLDER = re.compile(r"^([ \t]*)__nbrefactor_magic_(\d+)__[ \t]*$")
 
