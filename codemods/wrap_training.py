@@ -159,6 +159,12 @@ def wrap_training(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
 
     hazards = _hazard_statements(facts, launch)
     if existing is not None:
+        late = sorted({facts.statements[i].cell + 1 for i in top_training if i > launch.statement})
+        if late:  # never half-wrap: say what is left, and why
+            out.refused.append(
+                f"not rewritten: Fabric training in {_cells([c - 1 for c in late])} runs in the notebook process after "
+                f"`{fabric_name}.launch({existing})`; move it into `{existing}` by hand (what it reads from `{existing}` "
+                "exists only in the training processes)")
         return _move_into_existing(facts, out, launch, existing, hazards, fabric_name, allow_unsafe)
     return _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_unsafe)
 

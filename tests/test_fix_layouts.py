@@ -109,3 +109,22 @@ def test_a_guarded_cuda_move_of_the_lightning_module_goes_whole(tmp_path):
     assert "autoencoder = autoencoder\n" not in text + "\n"
     assert "torch.cuda.is_available()" not in text
     assert "with torch.no_grad():\n    pass" in text
+
+
+def test_training_left_after_an_existing_launch_is_refused_with_the_reason_not_half_wrapped(tmp_path):
+    cells, result = _fix(tmp_path, FABRIC_HEAD + """
+    # %%
+    fabric = Fabric(accelerator="cpu", devices=2)
+
+    def train(fabric):
+        model = torch.nn.Linear(2, 1)
+
+    fabric.launch(train)
+
+    # %%
+    for step in range(3):
+        fabric.backward(model(torch.randn(4, 2)).sum())
+    """)
+    assert not result.changed
+    assert any("Fabric training in cell 3 runs in the notebook process after `fabric.launch(train)`" in r for r in result.refused)
+    assert [d.code for d in result.remaining] == ["NBR302"]
