@@ -165,7 +165,10 @@ def build(result: RunResult, *, path: str, settings: RunSettings, findings=None,
         "cleanup": {
             "kernel_pid": result.kernel_pid,
             "processes": result.pids,
+            "stopped": result.stopped,
             "left_running": result.leftovers,
+            "names": {str(p): n for p, n in sorted(result.names.items())},
+            "tracking": result.tracking,
             "ports": {str(p): ("listening" if busy else "free") for p, busy in result.ports.items()},
         },
     }
@@ -447,10 +450,15 @@ def _first_line(text: str | None) -> str:
 
 def _cleanup_line(c: dict) -> str:
     ports = ", ".join(f"port {p} {state}" for p, state in c["ports"].items())
+    n = len(c.get("stopped", c["processes"]))
+    stopped = f"{n} process{'es' * (n != 1)} stopped"
+    weak = " (only the kernel's process tree was tracked here)" if c.get("tracking") == "process tree" else ""
     if c["left_running"]:
-        return f"STILL RUNNING after cleanup: pids {', '.join(map(str, c['left_running']))}; {ports}"
-    n = len(c["processes"])
-    return f"nothing left running ({n} process{'es' * (n != 1)} stopped), {ports}"
+        names = c.get("names", {})
+        left = ", ".join(f"pid {p} ({names.get(str(p), '?')})" for p in c["left_running"])
+        k = len(c["left_running"])
+        return f"STILL RUNNING after cleanup: {stopped}; {k} could not be stopped: {left}{weak}; {ports}"
+    return f"nothing left running ({stopped}){weak}, {ports}"
 
 
 def render_compare(original: dict, fixed: dict, fix: dict | None = None) -> str:

@@ -10,9 +10,13 @@ which cell is running by writing the cell's index to a file in the run folder be
 cell; the kernel and its forked children report back through files in the same folder, which the
 runner reads after the kernel is gone, so a crash or a kill loses nothing.
 
-A time limit or Ctrl-C stops the cell being run, then the kernel's whole process tree is killed
-(the kernel runs in a session of its own; the forked children are in its process group) and the
-runner checks that none of it is left and that the rendezvous port is free.
+A time limit or Ctrl-C stops the cell being run, then every process of the run is killed and the
+runner checks that none of it is left and that the rendezvous port is free. "Every process" is what
+`processes.Tracker` follows: the run's own cgroup where one can be created (the kernel is moved into
+it before its first cell, so a new session or a double fork cannot leave it), else the kernel's tree
+plus its orphans (`run` is their subreaper); a pid is only killed while its start time is the one
+recorded for it. The run folder (with the kernel's connection file) is removed on every exit,
+SIGTERM included; after a SIGKILL, the next run removes it (`processes.clean_stale`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class RunResult:
     kernel_pid: int | None = None
     pids: list[int] = field(default_factory=list)  # every process of the run that was seen
     leftovers: list[int] = field(default_factory=list)  # of those, still running after cleanup
+    stopped: list[int] = field(default_factory=list)  # of those, running at cleanup and killed by it
+    names: dict[int, str] = field(default_factory=dict)  # pid -> command name, as first seen
+    tracking: str = ""  # cgroup, subreaper or process tree: how the run's processes were found
     ports: dict[int, bool] = field(default_factory=dict)  # rendezvous port -> still listening
     executed: object | None = None  # the notebook with outputs (nbformat node)
     kernel_log: str = ""
@@ -87,12 +94,53 @@ def code_cells(nb) -> list[int]:
 
 def run_notebook(nb, *, cwd: str, settings: RunSettings, progress: Progress | None = None) -> RunResult:
     """Run `nb` (an nbformat v4 node, modified in place with outputs) in a kernel started in `cwd`."""
-    run_dir = tempfile.mkdtemp(prefix="nbrefactor-run-")
-    processes.become_subreaper()
+    for note in processes.clean_stale():
+        print(f"note: {note}", file=sys.stderr)
+    with _terminate_unwinds():
+        run_dir = tempfile.mkdtemp(prefix=processes.RUN_PREFIX)
+        try:
+            tracker = processes.Tracker(run_dir)
+            try:
+                return asyncio.run(_Run(nb, cwd, settings, progress, run_dir, tracker).main())
+            finally:
+                with _signals_held():
+                    tracker.close()  # whatever way out: nothing of the run keeps running
+        finally:
+            with _signals_held():
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the clean-up is done (they are delivered after it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
     try:
-        return asyncio.run(_Run(nb, cwd, settings, progress, run_dir).main())
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        yield
+        return
+    try:
+        yield
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+@contextlib.contextmanager
+def _terminate_unwinds():
+    """SIGTERM outside the kernel's run (where it stops the run like Ctrl-C) exits through the
+    `finally` blocks, as Ctrl-C does, instead of leaving the run folder behind: exit 143."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Stopped(Exception):
@@ -101,7 +149,7 @@ class _Stopped(Exception):
 
 
 class _Run:
-    def __init__(self, nb, cwd, settings: RunSettings, progress: Progress | None, run_dir: str):
+    def __init__(self, nb, cwd, settings: RunSettings, progress: Progress | None, run_dir: str, tracker: processes.Tracker):
         self.nb = nb
         self.cwd = cwd
         self.settings = settings
@@ -112,7 +160,7 @@ class _Run:
         self.kc = None
         self.client = None
         self.kernel_pid = None
-        self.seen: set[int] = set()
+        self.tracker = tracker
         self.current: asyncio.Future | None = None
         self.interrupted = False
         self.deadline = time.monotonic() + settings.timeout if settings.timeout else None
@@ -126,7 +174,7 @@ class _Run:
     def _on_signal(self) -> None:
         """Ctrl-C (or SIGTERM): stop what is running; cleanup follows in `main`."""
         if self.interrupted:  # a second Ctrl-C: kill now, cleanup still runs
-            processes.kill_all(self._pids(), self.kernel_pid)
+            self.tracker.kill()
         self.interrupted = True
         if self.current is not None:
             self.current.cancel()
@@ -137,15 +185,18 @@ class _Run:
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
+                previous = signal.getsignal(sig)
                 loop.add_signal_handler(sig, self._on_signal)
-                installed.append(sig)
+                installed.append((sig, previous))
             except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
                 pass
         try:
             yield
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for sig, previous in installed:
+                loop.remove_signal_handler(sig)  # resets SIGTERM to its default, which skips cleanup
+                if previous is not None:
+                    signal.signal(sig, previous)
 
     async def _await(self, awaitable):
         """Await something a time limit or Ctrl-C may stop; raise `_Stopped` when one does."""
@@ -173,6 +224,7 @@ class _Run:
         started = time.monotonic()
         outcome = "completed"
         ticker = asyncio.ensure_future(self._tick()) if self.progress is not None and self.progress.tty else None
+        watcher = asyncio.ensure_future(self._watch())
         try:
             with self._signals():
                 try:
@@ -184,6 +236,7 @@ class _Run:
                 finally:
                     leftovers, ports, log = await self._stop()
         finally:
+            watcher.cancel()
             if ticker is not None:
                 ticker.cancel()
             if self.progress is not None:
@@ -192,6 +245,7 @@ class _Run:
             raise LauncherError("the time limit passed while the kernel was starting")
         events = _read_events(self.run_dir)
         ranks = _read_ranks(self.run_dir)
+        self.tracker.mention(r["pid"] for r in ranks if isinstance(r.get("pid"), int))
         return RunResult(
             outcome=outcome,
             cells=self.cells,
@@ -199,12 +253,23 @@ class _Run:
             events=events,
             ranks=ranks,
             kernel_pid=self.kernel_pid,
-            pids=sorted(self.seen | {r["pid"] for r in ranks if r.get("pid")}),
+            pids=sorted(self.tracker.seen),
             leftovers=leftovers,
+            stopped=sorted(self.tracker.stopped),
+            names=dict(self.tracker.names),
+            tracking=self.tracker.tracking,
             ports=ports,
             executed=self.nb,
             kernel_log=log,
         )
+
+    async def _watch(self) -> None:
+        """Record the run's processes (with their start times, in the run folder) while cells run, so
+        that a later run can stop them should this one be killed with SIGKILL."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.kernel_pid:
+                self.tracker.note()
 
     async def _tick(self) -> None:
         """Redraw the progress bar so the elapsed time moves while a long cell runs."""
@@ -235,6 +300,7 @@ class _Run:
         env.pop("LT_CLI_USED", None)  # would make Fabric refuse to launch
         self.log = open(os.path.join(self.run_dir, "kernel.log"), "wb")  # noqa: SIM115 - closed in _stop
         self.km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+        self.km.connection_file = os.path.join(self.run_dir, "kernel.json")  # not in Jupyter's runtime folder: goes with the run folder
         try:
             await self._await(self.km.start_kernel(env=env, cwd=self.cwd, stdout=self.log, stderr=self.log))
         except _Stopped:
@@ -243,7 +309,7 @@ class _Run:
             raise LauncherError(f"could not start a Python kernel ({sys.executable}): {err}") from None
         self.kernel_pid = self.km.provisioner.pid if self.km.provisioner else None
         if self.kernel_pid:
-            self.seen.add(self.kernel_pid)
+            self.tracker.adopt(self.kernel_pid)  # before any cell runs
         self.kc = self.km.client()
         self.kc.start_channels()
         try:
@@ -314,25 +380,13 @@ class _Run:
         return "completed"
 
     def _note_processes(self) -> None:
-        if self.kernel_pid:
-            self.seen |= processes.process_tree(self.kernel_pid)
-
-    def _pids(self) -> set[int]:
-        pids = set(self.seen)
-        if self.kernel_pid:
-            pids |= processes.process_tree(self.kernel_pid)
-        for path in glob.glob(os.path.join(self.run_dir, "rank-*.json")):
-            with contextlib.suppress(Exception):
-                pids.add(int(json.loads(Path(path).read_text())["pid"]))
-        return pids
+        self.tracker.note()
 
     async def _stop(self) -> tuple[list[int], dict[int, bool], str]:
         """Kill the kernel and everything it started; say what (if anything) is still there."""
-        pids = self._pids()
-        self.seen |= pids
         # SIGKILL first: jupyter_client's shutdown interrupts the kernel's process group before it
         # kills, and a KeyboardInterrupt in the children would be reported as their failure
-        processes.kill_all(pids, self.kernel_pid)
+        self.tracker.kill()
         if self.kc is not None:
             with contextlib.suppress(Exception):
                 self.kc.stop_channels()
@@ -341,8 +395,7 @@ class _Run:
                 await asyncio.wait_for(self.km.shutdown_kernel(now=True), 10)
             except BaseException:  # noqa: BLE001 - the kill above did the job
                 pass
-        processes.kill_all(pids - {p for p in pids if not processes.alive(p)})
-        left = processes.wait_gone(pids)
+        left = self.tracker.stop()
         if self.km is not None:
             with contextlib.suppress(Exception):
                 pending = self.km.cleanup_resources()
