@@ -9,8 +9,9 @@ fix is wrong today keeps the right outcome in "fix" / "fixed", today's in "obser
 that differ), and the fixer bug in "xfail_reason": it xfails while today's outcome holds, and fails
 (asking to drop the xfail) once the fixer is right.
 
-All cases run once per session, two at a time (GAUNTLET_JOBS); cases marked "slow" only with
-GAUNTLET_SLOW=1; `python tests/gauntlet/report.py` prints the table.
+All cases run by default, once per session, two at a time (GAUNTLET_JOBS), in a few minutes on 2
+CPU cores (small stand-in data: see tests/gauntlet/harness.py); `python tests/gauntlet/report.py`
+prints the table.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import pytest
 from tests.gauntlet import harness
 
 CASES = harness.load_cases()
-SLOW = bool(os.environ.get("GAUNTLET_SLOW"))  # also run the cases marked "slow" (minutes each on CPU)
-RUN = [c for c in CASES if SLOW or not c.spec.get("slow")]
 pytestmark = [
     pytest.mark.skipif(not harness.CORPUS.is_dir(), reason="../shared/corpus is absent"),
     pytest.mark.skipif(not CASES, reason="no cases in tests/gauntlet/"),
@@ -38,16 +37,14 @@ def outcomes(tmp_path_factory):
     pytest.importorskip("lightning")
     pytest.importorskip("matplotlib")
     jobs = int(os.environ.get("GAUNTLET_JOBS", "2"))
-    results = harness.run_all(RUN, tmp_path_factory.mktemp("gauntlet"), jobs=jobs)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # for report.py --from-artifacts
+    results = harness.run_all(CASES, tmp_path_factory.mktemp("gauntlet"), jobs=jobs)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # for report.py --last
     (ARTIFACTS / "outcomes.json").write_text(json.dumps({n: harness.as_dict(o) for n, o in results.items()}, indent=2) + "\n")
     return results
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_gauntlet(case, request):
-    if case not in RUN:
-        pytest.skip("slow case (minutes on CPU): set GAUNTLET_SLOW=1 to run it")
     out = request.getfixturevalue("outcomes")[case.name]
     spec = case.spec
     log = f"\n--- stdout ---\n{out.stdout[-4000:]}\n--- stderr ---\n{out.stderr[-2000:]}"
@@ -70,5 +67,6 @@ def test_cases_are_well_formed():
         assert spec["fix"] in ("changed", "unchanged", "error"), case.name
         assert ("xfail_reason" in spec) == ("observed" in spec), case.name
         assert "\n" not in spec["about"], case.name
+        assert "slow" not in spec, f"{case.name}: every case runs by default; make it quick or replace it"
         if harness.CORPUS.is_dir():
             assert case.notebook.is_file(), f"{case.name}: {spec['notebook']} is not in the corpus"

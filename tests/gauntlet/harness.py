@@ -13,14 +13,19 @@ A case is a folder `tests/gauntlet/<case>/` with a `case.json`:
       "xfail_reason": "the fixer bug that makes today's outcome differ",
       "note": "...",                                    # optional: anything a reader should know
       "env": {"NAME": "value"},                         # optional, for the kernel
-      "slow": true                                      # optional: run only with GAUNTLET_SLOW=1
-    }
+      "seconds": 90                                     # optional: about how long the case takes
+    }                                                   #   (both sides); the longest start first
 
 Every other file in the case folder is copied next to the notebook (the kernel's working directory,
 which IPython puts on `sys.path`): per-notebook stand-ins such as helper modules or IPython
 extensions. `_standins/` (torchvision, seaborn, pandas, tabulate, and a `sitecustomize` that makes
 downloads fail like a missing file) reaches both the `nbrefactor run` process and the kernel it
 starts through PYTHONPATH. The notebook is copied into a scratch folder: ../shared is never written.
+
+Every case runs by default and the whole gauntlet must stay quick on 2 CPU cores (a few minutes):
+the stand-in datasets hold a few hundred items, `random_split` sizes written for the real ones are
+rescaled (sitecustomize), the stand-in ResNet is a cheap one, and `nbrefactor run` smoke-tests each
+Trainer. A notebook that stays slow after that is replaced by another corpus notebook, not skipped.
 """
 
 from __future__ import annotations
@@ -147,6 +152,9 @@ def run_case(case: Case, workdir: Path) -> Outcome:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(STANDINS), str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("MPLBACKEND", "Agg")
+    # Two cases at a time, each two kernels forking two ranks: eight processes on 2 cores. One
+    # OpenMP thread each instead of one per core, or they spend the run preempting each other.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["PATH_DATASETS"] = str(workdir / "data")
     env.update(case.spec.get("env", {}))
     cmd = [sys.executable, "-m", "nbrefactor", "run", str(nb), "--accelerator", "cpu", "--devices", "2", "--compare",
@@ -174,10 +182,12 @@ def run_case(case: Case, workdir: Path) -> Outcome:
 
 
 def run_all(cases: list[Case], root: Path, jobs: int = 2) -> dict[str, Outcome]:
-    """Run the cases `jobs` at a time (each is one `nbrefactor run` process and its kernel)."""
+    """Run the cases `jobs` at a time (each is one `nbrefactor run --compare`: two kernels, each
+    forking its ranks), the longest first (case.json's `seconds`) so that the last to start are short."""
+    order = sorted(cases, key=lambda c: -float(c.spec.get("seconds", 60)))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {c.name: pool.submit(run_case, c, root / c.name) for c in cases}
-        return {name: f.result() for name, f in futures.items()}
+        futures = {c.name: pool.submit(run_case, c, root / c.name) for c in order}
+        return {c.name: futures[c.name].result() for c in cases}
 
 
 def regressions(out: Outcome) -> list[str]:

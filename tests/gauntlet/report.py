@@ -29,18 +29,25 @@ def verdict(case: harness.Case, got: dict) -> str:
     actual = {k: got.get(k) for k in expected}
     if "xfail_reason" in spec:
         return "xfail" if actual == {**expected, **spec["observed"]} else ("XPASS" if actual == expected else "CHANGED")
-    return "ok" if actual == expected else "UNEXPECTED"
+    if actual != expected:
+        return "UNEXPECTED"
+    return "REGRESSION" if harness.regressions(_outcome(got)) else "ok"
+
+
+def _outcome(got: dict) -> harness.Outcome:
+    return harness.Outcome(**got)
 
 
 def table(cases: list[harness.Case], results: dict[str, dict], verbose: bool = False) -> str:
-    rows = [("case", "fix", "original", "fixed", "time", "expected?")]
+    rows = [("case", "notebook", "fix", "original", "fixed", "time", "expected?")]
     for case in cases:
         got = results.get(case.name)
+        notebook = case.spec["notebook"].rsplit("/", 1)[-1]
         if got is None:
-            rows.append((case.name, "-", "-", "-", "-", "not run"))
+            rows.append((case.name, notebook, "-", "-", "-", "-", "not run"))
             continue
         fix = got["fix"] + (f" ({len(got['fix_refused'])} refused)" if got.get("fix_refused") else "")
-        rows.append((case.name, fix, got["original"] or "-", got["fixed"] or "-", f"{got['seconds']:.0f}s", verdict(case, got)))
+        rows.append((case.name, notebook, fix, got["original"] or "-", got["fixed"] or "-", f"{got['seconds']:.0f}s", verdict(case, got)))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -51,6 +58,8 @@ def table(cases: list[harness.Case], results: dict[str, dict], verbose: bool = F
             notes += [line for line in got["stderr"].splitlines() if line.startswith("error:")][-1:]
         if verbose and got:
             notes += got["fix_changes"] + [f"refused: {r}" for r in got["fix_refused"]]
+        if got and "xfail_reason" not in case.spec:
+            notes += [f"regression: {r}" for r in harness.regressions(_outcome(got))]
         if "xfail_reason" in case.spec:
             notes.append(f"xfail: {case.spec['xfail_reason']}")
         if notes:
@@ -72,6 +81,8 @@ def main(argv=None) -> int:
             print(f"no recorded run: {LAST} is missing (run pytest tests/test_gauntlet.py first)", file=sys.stderr)
             return 2
         results = json.loads(LAST.read_text(encoding="utf-8"))
+        seconds = sum(r["seconds"] for r in results.values())
+        print(f"{len(results)} cases recorded ({seconds:.0f}s of case time)\n")
     else:
         if not harness.CORPUS.is_dir():
             print(f"{harness.CORPUS} is absent: nothing to run", file=sys.stderr)

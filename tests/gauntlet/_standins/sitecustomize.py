@@ -8,6 +8,10 @@
   (`tensorboardX/` beside this file is the writer that does nothing).
 - `IPython.display.set_matplotlib_formats`, which IPython 8 removed and the older notebooks import,
   is put back (as matplotlib_inline's).
+- `torch.utils.data.random_split` rescales whole-number lengths that do not add up to the dataset's
+  length: the stand-in datasets (torchvision/datasets.py) hold a few hundred items, and notebooks
+  split them with sizes written for the real ones (`[45000, 5000]` of 500 items: `[450, 50]`).
+  The notebooks' code is unchanged; only the sizes shrink with the data.
 """
 
 import importlib.abc
@@ -63,7 +67,45 @@ def _ipython_display(module):
     module.set_matplotlib_formats = set_matplotlib_formats
 
 
-_AFTER_IMPORT = {"IPython.display": _ipython_display}  # real modules, amended once loaded
+def rescale(lengths, total):
+    """Whole-number split `lengths` written for another dataset size, rescaled to add up to `total`
+    (each non-zero part keeps at least one item); anything else (fractions, lengths that already
+    add up) is returned as it is."""
+    import operator
+
+    try:
+        sizes = [operator.index(n) for n in lengths]
+    except TypeError:
+        return lengths
+    whole = sum(sizes)
+    if not sizes or whole == total or whole <= 0 or min(sizes) < 0 or total < sum(1 for n in sizes if n):
+        return lengths
+    scaled = [n * total // whole for n in sizes]
+    largest = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    for i in largest[: total - sum(scaled)]:
+        scaled[i] += 1
+    for i, n in enumerate(sizes):
+        if n and not scaled[i]:
+            scaled[i] = 1
+            scaled[max(range(len(scaled)), key=scaled.__getitem__)] -= 1
+    return scaled
+
+
+def _torch_dataset(module):
+    real = module.random_split
+
+    def random_split(dataset, lengths, *args, **kwargs):
+        return real(dataset, rescale(lengths, len(dataset)), *args, **kwargs)
+
+    random_split.__wrapped__ = real
+    random_split.__doc__ = real.__doc__
+    module.random_split = random_split  # before torch.utils.data imports the name from here
+
+
+_AFTER_IMPORT = {  # real modules, amended once loaded
+    "IPython.display": _ipython_display,
+    "torch.utils.data.dataset": _torch_dataset,
+}
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -13,10 +13,12 @@ class _SmallResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU())
-        self.layer3 = nn.Sequential(nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.ReLU())
-        self.layer4 = nn.Sequential(nn.Conv2d(256, self.width, 3, stride=2, padding=1), nn.ReLU())
+        # Cheap on CPU even when a notebook rewires conv1 to stride 1 and drops the maxpool (CIFAR10
+        # at full resolution): layer1 halves the resolution and narrows to 16 channels at once.
+        self.layer1 = nn.Sequential(nn.Conv2d(64, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.layer3 = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.layer4 = nn.Sequential(nn.Conv2d(64, self.width, 1), nn.ReLU())
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.width, num_classes)
 
