@@ -217,10 +217,17 @@ class _FileOutcome:
 
 def _check_file(path, stdin_filename, selection) -> _FileOutcome:
     from nbrefactor.checker import check_notebook
+    from nbrefactor.notebook.pairs import PairOutsideFolder
 
     out = _FileOutcome()
     try:
-        notebook, name, _pair, _data = _load(path, stdin_filename)
+        try:
+            notebook, name, _pair, _data = _load(path, stdin_filename)
+        except PairOutsideFolder as err:  # the pairing is refused: the notebook is checked by itself
+            out.notes.append(err.checked_alone())
+            from nbrefactor.notebook.model import read_file, read_notebook
+
+            notebook, name = read_notebook(path, read_file(path)), str(path)
     except NotANotebook as err:
         out.notes.append(f"{err.one_line()}; skipped")
         return out

@@ -18,6 +18,13 @@ nothing to do:
   as `--sync` would.
 
 Only files that exist are written: a declared partner that is missing is not created.
+
+Partners lie inside the notebook's own folder tree, or, for pairing that comes from a jupytext
+configuration file (found at or below the repository root, see `jupytext_settings`), inside that
+file's folder tree (jupytext's prefix roots, `notebooks///ipynb,scripts///py:percent`, are relative
+to it). Paths are resolved from the notebook's absolute path and then to real paths, so `..`, an
+absolute prefix or a symbolic link cannot lead out: an existing partner outside is refused
+(`PairOutsideFolder`: `fix` writes nothing, `check` checks the notebook alone).
 """
 
 from __future__ import annotations
@@ -25,14 +32,26 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from nbrefactor.errors import NotebookError
 from nbrefactor.notebook.model import Notebook, read_file, read_notebook
 
-_CONFIG_NAMES = ("jupytext", "jupytext.toml", "jupytext.yml", "jupytext.yaml", "jupytext.json")
-_CONFIG_NAMES = _CONFIG_NAMES + tuple("." + n for n in _CONFIG_NAMES) + (".jupytext.py",)
+
+class PairOutsideFolder(NotebookError):
+    """An existing partner the pairing names lies outside the notebook's folder tree (`..`, an
+    absolute prefix, a symbolic link leading out): the pair is refused, nothing of it is written."""
+
+    def __init__(self, path: object, message: str, partner: str = ""):
+        super().__init__(path, message)
+        self.partner = partner
+
+    def __reduce__(self):
+        return (self.__class__, (self.path, self.message, self.partner), {"cell": self.cell, "line": self.line})
+
+    def checked_alone(self) -> str:
+        """The note `check` gives: it checks the notebook by itself."""
+        return f"{self.path}: jupytext pair {self.partner} is outside the notebook's folder; checked alone"
 
 
 @dataclass
@@ -72,38 +91,12 @@ def _config_file_near(path: Path) -> bool:
     return _config_file_in_or_above(str(path.parent))
 
 
-@lru_cache(maxsize=256)
 def _config_file_in_or_above(directory: str) -> bool:
-    here = Path(directory)
-    for folder in [here, *here.parents]:
-        if any((folder / n).is_file() for n in _CONFIG_NAMES):
-            return True
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
-            try:
-                if "[tool.jupytext" in pyproject.read_text(encoding="utf-8", errors="replace"):
-                    return True
-            except OSError:
-                pass
-    return _global_config_exists()
+    """A jupytext configuration applies to the folder: found as `jupytext_settings` finds it (data
+    files only, never `.jupytext.py`, not above the repository root, then the global folders)."""
+    from nbrefactor.notebook.jupytext_settings import find_config
 
-
-@lru_cache(maxsize=1)
-def _global_config_exists() -> bool:
-    dirs: list[str] = []
-    env = os.environ
-    if "XDG_CONFIG_HOME" in env:
-        dirs += env["XDG_CONFIG_HOME"].split(":")
-    elif "USERPROFILE" in env:
-        dirs.append(env["USERPROFILE"])
-    elif "HOME" in env:
-        dirs += [os.path.join(env["HOME"], ".config"), env["HOME"]]
-    dirs += env["XDG_CONFIG_DIRS"].split(":") if "XDG_CONFIG_DIRS" in env else ["/usr/local/share/", "/usr/share/"]
-    for d in dirs:
-        for folder in (os.path.join(d, "jupytext"), d):
-            if any(os.path.isfile(os.path.join(folder, n)) for n in _CONFIG_NAMES):
-                return True
-    return False
+    return find_config(directory) is not None
 
 
 def may_be_paired(path: str | os.PathLike, text: str | None = None) -> bool:
@@ -158,7 +151,7 @@ def paired_files(path: str | os.PathLike, text: str | None = None) -> tuple[list
         paired_paths,
     )
 
-    from nbrefactor.notebook.text import jupytext_config
+    from nbrefactor.notebook.text import jupytext_config, jupytext_config_file
 
     config = jupytext_config(path)
     metadata = _metadata(path, text, config)
@@ -171,19 +164,79 @@ def paired_files(path: str | os.PathLike, text: str | None = None) -> tuple[list
     formats = long_form_multiple_formats(formats)
     if len(formats) < 2:
         return None
+    # Resolved from the absolute path, so that `..` in a prefix means the folder above whatever
+    # the path was given as (jupytext resolves a relative path's `..` against the path's text).
+    absolute = os.path.abspath(path)
     try:
-        _, fmt = find_base_path_and_format(path, formats)
+        _, fmt = find_base_path_and_format(absolute, formats)
         fmt = dict(fmt)
         text_repr = metadata.get("jupytext", {}).get("text_representation", {}) if isinstance(metadata.get("jupytext"), dict) else {}
         if text_repr.get("extension") == fmt.get("extension") and text_repr.get("format_name") and "format_name" not in fmt:
             fmt["format_name"] = text_repr["format_name"]
-        pairs = paired_paths(path, fmt, formats)
+        pairs = paired_paths(absolute, fmt, formats)
     except InconsistentPath as err:
         raise NotebookError(path, f"jupytext pairing: {err}") from None
-    existing = [(p, f) for p, f in pairs if os.path.isfile(p)]
+    roots = _allowed_roots(absolute, None if _declares_formats(metadata) else jupytext_config_file(path))
+    existing = []
+    for p, f in pairs:
+        if os.path.normpath(p) == absolute:
+            existing.append((path, f))
+            continue
+        if _absolute_prefix(f.get("prefix")):  # jupytext reads it below the notebook's folder, or not at all
+            shown = f.get("prefix").rsplit("/", 1)[0] + "/" + os.path.basename(p)
+            raise PairOutsideFolder(path, f"jupytext pair {shown} is outside the notebook's folder (an absolute prefix); nothing written", shown)
+        if not os.path.isfile(p):
+            continue  # a missing partner is not part of the pair (it is never created)
+        real = os.path.realpath(p)
+        if not any(_is_under(real, root) for root in roots):
+            shown = _shown_path(p, path)
+            leads = f" (it leads to {real})" if os.path.normpath(real) != os.path.normpath(p) else ""
+            raise PairOutsideFolder(path, f"jupytext pair {shown} is outside the notebook's folder{leads}; nothing written", shown)
+        existing.append((_shown_path(p, path), f))
     if len(existing) < 2:
         return None
     return existing, config
+
+
+def _absolute_prefix(prefix) -> bool:
+    if not isinstance(prefix, str) or not prefix:
+        return False
+    return prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":")
+
+
+def _declares_formats(metadata: dict) -> bool:
+    """The notebook names its pairing itself (rather than a configuration file)."""
+    jupytext = metadata.get("jupytext")
+    return bool((isinstance(jupytext, dict) and jupytext.get("formats")) or metadata.get("jupytext_formats"))
+
+
+def _allowed_roots(absolute: str, config_file: str | None) -> list[str]:
+    """Where a partner may lie: the notebook's own folder tree; for pairing that comes from a
+    jupytext configuration file (found at or below the repository root) in a folder above the
+    notebook, that file's folder tree too, since jupytext's prefix roots (`notebooks///ipynb,
+    scripts///py:percent`) are relative to it."""
+    folder = os.path.realpath(os.path.dirname(absolute))
+    roots = [folder]
+    if config_file:
+        config_folder = os.path.realpath(os.path.dirname(config_file))
+        if _is_under(folder, config_folder):
+            roots.append(config_folder)
+    return roots
+
+
+def _is_under(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _shown_path(partner: str, named: str) -> str:
+    """A partner's path as the user's own path was given: absolute for an absolute one, else
+    relative to the current folder."""
+    if os.path.isabs(named):
+        return os.path.normpath(partner)
+    try:
+        return os.path.relpath(partner)
+    except ValueError:  # another drive (Windows)
+        return os.path.normpath(partner)
 
 
 def pair_key(path: str | os.PathLike) -> frozenset | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 _UNSPLICEABLE = ("pandoc", "quarto", "marimo", "myst")
 _DERIVED_METADATA = ("lines_to_next_cell", "lines_to_end_of_cell_marker")
@@ -46,22 +45,29 @@ class TextLayout:
 
 
 def jupytext_config(path: str | os.PathLike | None):
-    """The jupytext configuration that applies to `path` (jupytext.toml, [tool.jupytext], ...), or None."""
+    """The jupytext configuration that applies to `path` (jupytext.toml, [tool.jupytext], ...), or
+    None. Found and parsed by nbrefactor (`jupytext_settings`): data files only, never
+    `.jupytext.py`, and not above the repository root."""
+    return _config_for_dir(_directory(path))
+
+
+def jupytext_config_file(path: str | os.PathLike | None) -> str | None:
+    """The file `jupytext_config(path)` came from (None when there is no configuration)."""
+    from nbrefactor.notebook.jupytext_settings import config_for_dir
+
+    return config_for_dir(_directory(path))[1]
+
+
+def _directory(path) -> str:
     if path is None or str(path) in ("-", ""):
-        directory = os.getcwd()
-    else:
-        directory = os.path.dirname(os.path.abspath(str(path)))
-    return _config_for_dir(directory)
+        return os.getcwd()
+    return os.path.dirname(os.path.abspath(str(path)))
 
 
-@lru_cache(maxsize=64)
 def _config_for_dir(directory: str):
-    from jupytext.config import JupytextConfigurationError, load_jupytext_config
+    from nbrefactor.notebook.jupytext_settings import config_for_dir
 
-    try:
-        return load_jupytext_config(os.path.join(directory, "__nbrefactor_probe__.ipynb"))
-    except (JupytextConfigurationError, ValueError, OSError):
-        return None
+    return config_for_dir(directory)[0]
 
 
 # --- locating cells ----------------------------------------------------------------------------
