@@ -366,12 +366,12 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                     contents = pair_contents(pair, result)
                     if output:
                         mine = next((t for p, t, _ in contents if p == str(path)), data.decode("utf-8"))
-                        write_atomically(output, mine)
+                        write_atomically(output, mine, like=data)
                     else:
                         written = write_together(contents)
                         also = [p for p in written if p != str(path)]
                 else:
-                    write_atomically(output or path, result.fixed, None if output else fingerprint(data))
+                    write_atomically(output or path, result.fixed, None if output else fingerprint(data), like=data)
                 # Counted once written (or shown): a refused write must not read as a change.
                 would_change += 1
                 fixed_total += len(list(_dedupe(result.changes)))

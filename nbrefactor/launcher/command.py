@@ -46,35 +46,36 @@ class _Failed(Exception):
 @click.option("--timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, help="Seconds for the whole run (0: no limit).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON to this file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the executed notebook (with outputs) here.")
+@click.option("--force", is_flag=True, help="Let -o/--report replace existing files (never the notebook itself).")
 @click.option("--fix", is_flag=True, help="Run a fixed copy (as `nbrefactor fix` would write it); the notebook is not changed.")
 @click.option("--compare", is_flag=True, help="Run the notebook and its fixed copy; show both verdicts side by side.")
 @click.option("--unsafe-fixes", is_flag=True, help="With --fix/--compare: also apply unsafe fixes.")
 @click.option("-v", "--verbose", is_flag=True, help="Stream the notebook's own output.")
-def run(notebook, devices, accelerator, smoke, timeout, report_path, output, fix, compare, unsafe_fixes, verbose):
+def run(notebook, devices, accelerator, smoke, timeout, report_path, output, force, fix, compare, unsafe_fixes, verbose):
     """Run a notebook in a fresh Jupyter kernel, forked on N devices (`ddp_notebook`), and say whether
     it works and, if not, which cell and line broke it and which rule explains it.
 
-    The notebook on disk is never modified. Exit 0 pass, 1 the notebook failed, 2 error.
+    The notebook on disk is never modified. -o/--report are written atomically, never over the
+    notebook (not through a link either), and over an existing file only with --force.
+    Exit 0 pass, 1 the notebook failed, 2 error.
     """
     from nbrefactor.launcher.runner import RunSettings
 
     settings = RunSettings(accelerator=accelerator, devices=devices, smoke=smoke, timeout=timeout or None, verbose=verbose)
     try:
-        code = _main(notebook, settings, report_path, output, fix or compare, compare, unsafe_fixes)
+        code = _main(notebook, settings, report_path, output, fix or compare, compare, unsafe_fixes, force)
     except _Failed as err:
         click.echo(f"error: {err.line}", err=True)
         code = EXIT_ERROR
     sys.exit(code)
 
 
-def _main(path, settings, report_path, output, fix, compare, unsafe_fixes) -> int:
+def _main(path, settings, report_path, output, fix, compare, unsafe_fixes, force=False) -> int:
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     if missing:
         raise _Failed(path, f"`nbrefactor run` needs {', '.join(missing)} in this Python ({sys.executable}): pip install 'nbrefactor[run]'")
     notebook, node = _read(path)
-    for target in (output, report_path):
-        if target and os.path.abspath(target) == os.path.abspath(path):
-            raise _Failed(path, f"{target} is the notebook itself; nbrefactor run never writes the notebook")
+    _check_targets(path, output, report_path, force)
     cwd = str(Path(path).resolve().parent)
 
     fixed = None
@@ -114,11 +115,11 @@ def _main(path, settings, report_path, output, fix, compare, unsafe_fixes) -> in
             click.echo(note)
     if report_path:
         data = {label: reports[label] for label in ("original", "fixed") if label in reports} if len(runs) > 1 else final
-        _write(report_path, json.dumps(data, indent=2) + "\n", path)
+        _write(report_path, json.dumps(data, indent=2) + "\n", path, force)
     if output and executed is not None:
         import nbformat
 
-        _write(output, nbformat.writes(executed), path)
+        _write(output, nbformat.writes(executed), path, force)
     return exit_code(final)
 
 
@@ -253,8 +254,41 @@ def _fixed_copy(notebook, settings, unsafe_fixes):
     return fixed, _node(fixed), info
 
 
-def _write(target: str, text: str, path: str) -> None:
+def _is_notebook(target: str, path: str) -> bool:
+    """`target` names the notebook: the same name, or a symlink or hard link to it (same inode)."""
+    if os.path.abspath(target) == os.path.abspath(path):
+        return True
     try:
-        Path(target).write_text(text, encoding="utf-8")
+        return os.path.samefile(target, path)
+    except OSError:
+        return False
+
+
+def _check_targets(path: str, output: str | None, report_path: str | None, force: bool) -> None:
+    """Before anything runs: -o/--report never name the notebook, each other, or (without
+    --force) an existing file."""
+    for target in (output, report_path):
+        if not target:
+            continue
+        if _is_notebook(target, path):
+            link = "" if os.path.abspath(target) == os.path.abspath(path) else " (a link to it)"
+            raise _Failed(path, f"{target} is the notebook itself{link}; nbrefactor run never writes the notebook")
+        if not force and os.path.lexists(target):
+            raise _Failed(path, f"{target} exists; pass --force to replace it")
+    if output and report_path and (os.path.abspath(output) == os.path.abspath(report_path) or _is_notebook(output, report_path)):
+        raise _Failed(path, f"-o and --report name the same file ({output})")
+
+
+def _write(target: str, text: str, path: str, force: bool = False) -> None:
+    """Write -o/--report atomically (temporary file + rename, mode 0o666 less the umask); checked
+    again at write time, since the run may have created files meanwhile."""
+    from nbrefactor.writer import write_output
+
+    try:
+        write_output(target, text, force=force, protect=path)
+    except ValueError as err:
+        raise _Failed(path, f"{err}; nbrefactor run never writes the notebook") from None
+    except FileExistsError as err:  # created while the notebook ran
+        raise _Failed(path, f"{err.strerror}; nothing written") from None
     except OSError as err:
         raise _Failed(path, f"cannot write {target}: {err.strerror or err}") from None
