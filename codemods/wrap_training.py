@@ -415,12 +415,26 @@ def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allo
     summary = facts.functions.get(function)
     if summary is None:
         return out
-    seeds = _movable_early(facts, [i for i in sorted(hazards) if i < launch.statement], set(), allow_unsafe)
+    # A factory call the launched function makes too (`loader = make_loader()`, from an earlier
+    # fix) is already how both sides get their data: wrapping it again would never end.
+    called = {c.func.value for c in summary.calls if isinstance(c.func, cst.Name)}
+    hazards_before = [i for i in sorted(hazards) if i < launch.statement and _called_factory(facts.statements[i]) not in called]
+    seeds = _movable_early(facts, hazards_before, set(), allow_unsafe)
     if not seeds:
         return out
     moved = _closure(facts, seeds, launch.statement - 1)
     moved, exploration, rebinds = _split_exploration(facts, moved, set(summary.free_names), set())
     return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function, rebinds=rebinds)
+
+
+def _called_factory(st: Statement) -> str | None:
+    """`x, y = f()`: the name of the notebook function a statement only calls and unpacks."""
+    pairs = list(_assign_pairs(st.node))
+    if len(pairs) == 1 and len(st.node.body) == 1:
+        value = pairs[0][1]
+        if isinstance(value, cst.Call) and not value.args and isinstance(value.func, cst.Name):
+            return value.func.value
+    return None
 
 
 def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None, copies=(), anchor=None, rebinds=frozenset()) -> Outcome:
