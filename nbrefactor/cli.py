@@ -383,7 +383,9 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                     for ch in _dedupe(result.changes):
                         click.echo(f"  cell {ch.cell}: {ch.code} {ch.message}", err=to_stderr)
             if stdin and not (show_diff or check_only):
-                sys.stdout.buffer.write(result.fixed.encode("utf-8"))
+                from nbrefactor.writer import keep_line_endings
+
+                sys.stdout.buffer.write(keep_line_endings(result.fixed, data).encode("utf-8"))
                 sys.stdout.flush()
             remaining = _shown(result.remaining, name, result.after or notebook)
             remaining_total += len(remaining)

@@ -440,3 +440,16 @@ def test_a_crlf_pair_comes_back_all_crlf_on_both_sides(pair):
     for p in pair:
         data = p.read_bytes()
         assert data.count(b"\n") == data.count(b"\r\n") > 10, p
+
+
+def test_a_crlf_notebook_piped_through_fix_comes_back_all_crlf():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    data = (ROOT / "golden" / "fabric_seed_cuda" / "input.ipynb").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    r = subprocess.run([sys.executable, "-m", "nbrefactor", "fix", "-", "--stdin-filename", "nb.ipynb"],
+                       input=data, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout != data and r.stdout.count(b"\n") == r.stdout.count(b"\r\n") > 0
