@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import re
 import symtable
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ class _Definition:
     read_before_assigned: dict[str, int] = field(default_factory=dict)  # local -> line (UnboundLocalError)
 
 
-def unbound_reads(source: str) -> list[Unbound] | None:
+@functools.lru_cache(maxsize=8)  # one pass's "after" is the next pass's "before"
+def unbound_reads(source: str) -> tuple[Unbound, ...] | None:
     """Every read of a name that is not bound when the kernel runs it; None when the source does
     not parse (or is too deep for the parser)."""
     try:
@@ -72,7 +74,7 @@ def unbound_reads(source: str) -> list[Unbound] | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     try:
-        return _Walk(_top_level_tables(table)).run(tree)
+        return tuple(_Walk(_top_level_tables(table)).run(tree))
     except RecursionError:
         return None
 
