@@ -71,17 +71,23 @@ def _cell_of_node(check: NotebookCheck):
 
 
 def _without_leading_blank_lines(sources: dict[int, str], notebook: Notebook) -> dict[int, str]:
-    """A cell a fix rewrote never starts with blank lines (code moved out of its top, or a
-    generated function placed first, leaves them); cells the fix did not touch keep theirs."""
+    """A cell a fix rewrote starts with no more blank lines than it had (code moved out of its
+    top, or a generated function placed first, leaves some); untouched cells keep theirs."""
     out = {}
     for i, source in sources.items():
-        if source != notebook.cells[i].source:
+        before = notebook.cells[i].source
+        if source != before:
+            had = _leading_blank_lines(before.split("\n"))
             lines = source.split("\n")
-            while len(lines) > 1 and not lines[0].strip():
+            while len(lines) > 1 and _leading_blank_lines(lines) > had:
                 lines.pop(0)
             source = "\n".join(lines)
         out[i] = source
     return out
+
+
+def _leading_blank_lines(lines: list[str]) -> int:
+    return next((n for n, line in enumerate(lines) if line.strip()), len(lines))
 
 
 def _is_empty(source: str) -> bool:
