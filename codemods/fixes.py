@@ -5,7 +5,8 @@ function from the notebook's facts to an `Edit`. One pass applies the first fix 
 module; the next pass analyses the result afresh, so every fix works on facts that describe the
 module it edits. Before a fix is taken, the semantic gate (`codemods.gate`) compares the module
 before and after it: a fix that leaves a name unbound where the kernel reads it is refused, with a
-note naming the cell, line and name, and the other fixes still get their turn.
+note naming the cell, line and name, and the other fixes still get their turn (the refused one is
+tried again once another fix has changed the notebook).
 
 The order: one-call rewrites first (strategy, devices, checkpoints and `.cuda()` around a Trainer,
 the import order), then the structural ones (the Fabric training region, CUDA into `on_fit_start`,
@@ -135,13 +136,13 @@ class Step:
     changes: list[tuple[str, object, str]]
 
 
-def next_step(facts: NotebookFacts, options: Options, refused: list[str], skip: set[str]) -> Step | None:
-    """The first fix (in the stated order) that changes the module and passes the gate. Fixes the
-    gate refuses join `skip`, so later passes do not try them again; refusals are appended to
-    `refused`."""
+def next_step(facts: NotebookFacts, options: Options, refused: list[str]) -> Step | None:
+    """The first fix (in the stated order) that changes the module and passes the gate; what was
+    refused on the way is appended to `refused`. A fix the gate refuses is tried again in the next
+    pass: a fix taken after it may have made it sound."""
     module = facts.module
     for fix in FIXES:
-        if fix.name in skip or not fix.wanted(options):
+        if not fix.wanted(options):
             continue
         edit = fix.run(facts, options)
         refused.extend(edit.refused)
@@ -150,7 +151,6 @@ def next_step(facts: NotebookFacts, options: Options, refused: list[str], skip: 
             continue
         broken = gate.new_unbound(module.code, new.code)
         if broken:
-            skip.add(fix.name)
             refused.append(_gate_note(fix, new.code, broken))
             continue
         return Step(fix, new, edit.changes)
@@ -180,10 +180,9 @@ def locate(code: str, line: int) -> tuple[int, int]:
 def fix_module(module: cst.Module, options: Options, max_passes: int = 12) -> Iterator[Step]:
     """Every step, pass after pass, until no fix changes the module (the libcst commands' loop;
     `nbrefactor fix` runs the same steps through `next_step`, writing cells between passes)."""
-    skip: set[str] = set()
     refused: list[str] = []
     for _ in range(max_passes):
-        step = next_step(analyse(module), options, refused, skip)
+        step = next_step(analyse(module), options, refused)
         if step is None:
             return
         yield step

@@ -42,12 +42,12 @@ class FixResult:
         return self.fixed != self.original
 
 
-def _one_pass(check: NotebookCheck, options, refused: list[str], skip: set[str]):
+def _one_pass(check: NotebookCheck, options, refused: list[str]):
     """(new module code, changes) for the first declared fix that changes the notebook and passes
     the semantic gate, or (None, [])."""
     from codemods.fixes import next_step
 
-    step = next_step(check.facts, options, refused, skip)
+    step = next_step(check.facts, options, refused)
     if step is None:
         return None, []
     cell_of = _cell_of_node(check)
@@ -108,19 +108,16 @@ def fix_notebook(
     from codemods.fixes import Options
 
     options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled)
-    seen_refusals: set[str] = set()
-    skip: set[str] = set()  # fixes the semantic gate refused: not tried again
     check = None
     for _ in range(MAX_PASSES):
         check = check_notebook(current, selection)
         if check.facts is None:
             break
         refused: list[str] = []
-        new_code, changes = _one_pass(check, options, refused, skip)
-        for r in refused:
-            if r not in seen_refusals:
-                seen_refusals.add(r)
-                result.refused.append(r)
+        new_code, changes = _one_pass(check, options, refused)
+        # What is refused is what the last pass refused: a refusal of an earlier pass may have
+        # been lifted by the fixes after it.
+        result.refused = list(dict.fromkeys(refused))
         if new_code is None or new_code == check.module.code:
             break  # `check` describes `current`: its findings are what remains
         try:
