@@ -128,3 +128,53 @@ def test_training_left_after_an_existing_launch_is_refused_with_the_reason_not_h
     assert not result.changed
     assert any("Fabric training in cell 3 runs in the notebook process after `fabric.launch(train)`" in r for r in result.refused)
     assert [d.code for d in result.remaining] == ["NBR302"]
+
+
+def _fix_twice(tmp_path, text: str, **options):
+    cells, result = _fix(tmp_path, text, **options)
+    again = fix_notebook(result.after, **options)
+    assert again.fixed == result.fixed, "fix is not idempotent"
+    return cells, result
+
+
+def test_found_by_the_fuzzer_a_refused_wrap_is_retried_once_the_data_fix_made_it_sound(tmp_path):
+    cells, result = _fix_twice(tmp_path, """
+    # %%
+    import lightning as L
+
+    # %%
+    from torch.utils.data import DataLoader, TensorDataset
+    x = torch.tensor(1).cuda()
+    ds = TensorDataset(torch.randn(8, 2))
+    loader = DataLoader(ds, batch_size=4)
+    fabric = L.Fabric(accelerator='cuda', devices=2)
+    fabric.launch()
+
+    # %%
+    trainer = L.Trainer(accelerator='gpu', strategy='ddp')
+    trainer.test(lit, loader)
+    """, unsafe_fixes=True, devices=2)
+    text = "\n".join(cells)
+    assert "fabric.launch(train)" in text and "datamodule=datamodule" in text
+    assert not [r for r in result.refused if "afterwards" in r]  # the early refusal was lifted
+
+
+def test_found_by_the_fuzzer_a_factory_call_is_not_wrapped_again_and_again(tmp_path):
+    cells, _ = _fix_twice(tmp_path, """
+    # %%
+    import torch
+
+    # %%
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+    x = torch.tensor(1).cuda()
+    torch.cuda.is_available()
+    loader = DataLoader(ds, batch_size=4)
+    fabric = L.Fabric(accelerator='cuda', devices=2)
+    fabric.launch()
+
+    # %%
+    trainer = L.Trainer(accelerator='gpu', strategy='ddp')
+    trainer.test(lit, loader)
+    """, unsafe_fixes=True, devices=2)
+    assert "make_loader_2" not in "\n".join(cells)
