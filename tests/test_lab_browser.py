@@ -282,7 +282,7 @@ def test_make_multi_gpu_safe_then_one_undo(open_notebook):
     by_id = {c["id"]: c for c in after}
     train = by_id["c9d0"]["source"]
     assert train.startswith("def train(fabric):\n")
-    assert "    x = torch.tensor(1).cuda()" in train
+    assert "    x = torch.tensor(1).to(fabric.device)" in train  # on each process's own device
     assert "    dataloader = torch.utils.data.DataLoader(dataset)" in train
     assert ".cuda()" not in by_id["e5f6"]["source"]
     assert by_id["c3d4"] == next(c for c in before if c["id"] == "c3d4")  # untouched, output kept
@@ -346,7 +346,7 @@ def test_paired_notebook_saved_from_lab_updates_its_py(open_notebook, lab):
     page.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty")
     text = (lab["root"] / "paired.py").read_text()
-    assert "def train(fabric):\n    # Don't run CUDA-related code before `.launch()`\n    x = torch.tensor(1).cuda()" in text
+    assert "def train(fabric):\n    # Don't run CUDA-related code before `.launch()`\n    x = torch.tensor(1).to(fabric.device)" in text
     saved = json.loads((lab["root"] / "paired.ipynb").read_text())
     assert [c["id"] for c in saved["cells"]] == ["a1b2", "c3d4", "e5f6", "c9d0", "e1f2"]
     assert saved["cells"][1]["outputs"], "the untouched cell kept its output on disk"
