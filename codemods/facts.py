@@ -258,23 +258,24 @@ def scan(node: cst.CSTNode) -> Scan:
         elif isinstance(n, cst.ClassDef):
             out.binds.add(n.name.value)
         elif isinstance(n, (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For)):
-            out.binds.update(_target_names(n.target))
+            out.binds.update(target_names(n.target))
         elif isinstance(n, cst.WithItem) and n.asname is not None:
-            out.binds.update(_target_names(n.asname.name))
+            out.binds.update(target_names(n.asname.name))
         stack.extend(reversed(children(n)))
     return out
 
 
-def _target_names(target: cst.CSTNode) -> set[str]:
+def target_names(target: cst.CSTNode) -> set[str]:
+    """The names an assignment target binds (`a, (b, *c) = ...` -> a, b, c)."""
     if isinstance(target, cst.Name):
         return {target.value}
     if isinstance(target, (cst.Tuple, cst.List)):
         out: set[str] = set()
         for el in target.elements:
-            out |= _target_names(el.value)
+            out |= target_names(el.value)
         return out
     if isinstance(target, cst.StarredElement):
-        return _target_names(target.value)
+        return target_names(target.value)
     return set()
 
 
@@ -557,7 +558,7 @@ class _Analysis:
         return None
 
     def bind(self, target: cst.CSTNode, value: cst.BaseExpression, env: dict[str, Value]) -> None:
-        names = _target_names(target)
+        names = target_names(target)
         v = self.value_of(value, env)
         if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "setup":
             # `model, optimizer = fabric.setup(model, optimizer)`: no longer plain values.
@@ -634,10 +635,10 @@ class _Analysis:
                     self.constructors_in(self.summary(s))
         for target, value in _assignments(node):
             self.bind(target, value, env)
-            v = env.get(next(iter(_target_names(target)), ""), None)
+            v = env.get(next(iter(target_names(target)), ""), None)
             if isinstance(value, cst.Call) and v is not None and v.kind in DATA_KINDS and v.node is value:
                 label = N.dotted(value.func) or "data"
-                bound = tuple(sorted(n for n in _target_names(target) if n != "_"))
+                bound = tuple(sorted(n for n in target_names(target) if n != "_"))
                 facts.data.append(DataBuild(value, v.kind, st.index, bound, label.split(".")[-1]))
 
     def one_call(self, call: cst.Call, st: Statement, env: dict[str, Value]) -> None:

@@ -24,9 +24,6 @@ from codemods import gate, local_fixes
 from codemods.cells import BodyPlan, cell_after, rebuild
 from codemods.facts import NotebookFacts, analyse
 
-Where = "int | cst.CSTNode"  # a cell index, or a node of the module the fix read
-
-
 @dataclass(frozen=True)
 class Options:
     unsafe_fixes: bool = False
@@ -40,7 +37,7 @@ class Edit:
     """What one fix does: nodes replaced, top-level statements moved (a plan), or a whole new
     module; the changes it reports as (code, where, message); what it refused to do."""
 
-    changes: list[tuple[str, object, str]] = field(default_factory=list)
+    changes: list[tuple[str, object, str]] = field(default_factory=list)  # where: a cell index or a node
     replacements: dict[int, cst.CSTNode] = field(default_factory=dict)
     plan: BodyPlan | None = None
     module: cst.Module | None = None

@@ -33,7 +33,7 @@ import libcst as cst
 from codemods import names as N
 from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, Statement, qualified_name
+from codemods.facts import NotebookFacts, Statement, qualified_name, target_names
 from codemods.gate import bound_before_read
 from codemods.rules.base import runs_before_a_launch
 
@@ -259,12 +259,9 @@ def outer_reads(st: Statement, module: cst.Module) -> set[str]:
     return st.uses - bound_before_read(module.code_for_node(st.node))
 
 
-def _target_names(target: cst.CSTNode) -> set[str]:
-    if isinstance(target, cst.Name):
-        return {target.value}
-    if isinstance(target, (cst.Tuple, cst.List)):
-        return set().union(*(_target_names(el.value) for el in target.elements))
-    return set()
+def _data_statements(facts: NotebookFacts) -> set[int]:
+    """The top-level statements that build data reaching training."""
+    return {d.statement for d in facts.data}
 
 
 def _setup_rebinds(facts: NotebookFacts, moved: list[int]) -> set[int]:
@@ -281,7 +278,7 @@ def _setup_rebinds(facts: NotebookFacts, moved: list[int]) -> set[int]:
         target, value = pairs[0]
         if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value in SETUP_METHODS):
             continue
-        names = _target_names(target)
+        names = target_names(target)
         earlier = {n for o in facts.statements[:i] for n in o.defines}
         if names and names <= earlier:
             out.add(i)
@@ -295,7 +292,7 @@ def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_trainin
     that reaches it and touch no CUDA. Exploration that reads a loader Fabric wraps
     (`loader = fabric.setup_dataloaders(loader)`) keeps reading the plain one."""
     hazard_cuda = {u.statement for u in facts.cuda}
-    data_statements = {d.statement for d in facts.data}
+    data_statements = _data_statements(facts)
     rebinds = _setup_rebinds(facts, moved)
     keep_out: list[int] = []
     later_uses: set[str] = set(needed_by_training)
@@ -401,7 +398,7 @@ def _pull_in_read_before_assigned(facts: NotebookFacts, moved: list[int], launch
         for d in definers:
             # Data read after the launch stays at top level (the notebook's own plain copy);
             # anything else read after it comes back from rank 0.
-            data = any(b.statement == d.index for b in facts.data)
+            data = d.index in _data_statements(facts)
             readers = [st for st in statements if st.index not in moved and st.index not in pulling and st.index != launch_at
                        and (st.index < launch_at or data) and st.uses & d.defines]
             if is_definition(d, facts) or readers:
@@ -449,10 +446,10 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
             continue
         used_after |= outer_reads(statements[i], module)
     # Data the notebook reads after training is its own plain copy, made as exploration's is.
-    data_after = used_after & {n for b in facts.data if b.statement in moved_set for n in statements[b.statement].defines}
+    data_after = used_after & {n for i in _data_statements(facts) & moved_set for n in statements[i].defines}
     factory = _factory_for(facts, exploration, moved, rebinds, data_after)
     factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
-    kept_data = {n for i in copies if any(b.statement == i for b in facts.data) for n in statements[i].defines}
+    kept_data = {n for i in copies if i in _data_statements(facts) for n in statements[i].defines}
     come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {fabric_name})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
