@@ -31,3 +31,9 @@ class NotebookError(Exception):
 
 class NotANotebook(NotebookError):
     """The file is readable but is not a notebook nbrefactor handles (skipped with a note, not an error)."""
+
+
+class OverLimit(NotebookError):
+    """The notebook is beyond a configured limit (size, cells, lines, nesting, time): it is skipped
+    with this error rather than worked on without bound. The message says which limit and how to
+    raise it."""
