@@ -136,13 +136,31 @@ def _tidy(text: str) -> str:
     return text.rstrip("\n ")
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int | None):
+        self.line = line
+
+
 def _parses(source: str) -> tuple[bool, str | None, int | None]:
+    """(parses, error, error line) for a cell's source; raises `_TooDeep` when it is Python nested
+    deeper than the nesting limit (or than CPython's parser takes)."""
+    from nbrefactor.limits import deepest_line
+
     try:
         with warnings.catch_warnings():  # the user's invalid escapes are not our business
             warnings.simplefilter("ignore")
-            compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            tree = compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     except (SyntaxError, ValueError) as err:  # ValueError: null bytes
         return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
+    except RecursionError:
+        raise _TooDeep(None) from None
+    except MemoryError as err:
+        if "too complex" in str(err):  # "Parser stack overflowed - Python source too complex to parse"
+            raise _TooDeep(None) from None
+        raise
+    line = deepest_line(tree)
+    if line is not None:
+        raise _TooDeep(line)
     return True, None, None
 
 
@@ -178,7 +196,12 @@ def join(notebook: Notebook) -> JoinedNotebook:
     for cell in notebook.code_cells:
         parts.append(f"{MARKER_PREFIX}{cell.index}\n")
         line += 1
-        body, info = _prepare_cell(cell.source, magics)
+        try:
+            body, info = _prepare_cell(cell.source, magics)
+        except _TooDeep as deep:
+            from nbrefactor.limits import too_deep
+
+            raise too_deep(notebook.path, cell.index + 1, deep.line) from None
         info.index, info.first_line = cell.index, line
         if body:
             body += "\n"
