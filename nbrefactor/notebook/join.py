@@ -152,12 +152,8 @@ def _parses(source: str) -> tuple[bool, str | None, int | None]:
             tree = compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     except (SyntaxError, ValueError) as err:  # ValueError: null bytes
         return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
-    except RecursionError:
+    except (RecursionError, MemoryError):  # CPython's parser: "too complex", or its stack overflowed
         raise _TooDeep(None) from None
-    except MemoryError as err:
-        if "too complex" in str(err):  # "Parser stack overflowed - Python source too complex to parse"
-            raise _TooDeep(None) from None
-        raise
     line = deepest_line(tree)
     if line is not None:
         raise _TooDeep(line)
