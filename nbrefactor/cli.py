@@ -216,6 +216,29 @@ class _FileOutcome:
 
 
 def _check_file(path, stdin_filename, selection) -> _FileOutcome:
+    """One file's outcome, whatever happens: the work runs within the limits (nbrefactor.limits),
+    and anything it raises is an error for this file while the other files are still checked."""
+    from nbrefactor import limits
+
+    try:
+        return limits.bounded(str(path), _check_one, path, stdin_filename, selection)
+    except NotebookError as err:
+        return _FileOutcome(error=err)
+    except Exception as err:  # noqa: BLE001 - a bug must not look like findings (exit 1) or crash the run
+        return _FileOutcome(error=internal_error(path, err))
+
+
+def internal_error(path, err: BaseException) -> NotebookError:
+    """A bug in nbrefactor, as one line for this file (NBREFACTOR_TRACEBACK=1 shows the traceback)."""
+    if os.environ.get("NBREFACTOR_TRACEBACK"):
+        import traceback
+
+        traceback.print_exception(err)
+    detail = " ".join(str(err).split())[:200]
+    return NotebookError(path, f"internal error, please report it: {type(err).__name__}{': ' + detail if detail else ''} (NBREFACTOR_TRACEBACK=1 shows where)")
+
+
+def _check_one(path, stdin_filename, selection) -> _FileOutcome:
     from nbrefactor.checker import check_notebook
     from nbrefactor.notebook.pairs import PairOutsideFolder
 
@@ -278,7 +301,10 @@ def _settings(isolated, select, extend_select, ignore, quiet):
     from codemods.rules import ALL_RULES
     from nbrefactor import config
 
+    from nbrefactor import limits
+
     settings = config.Settings() if isolated else config.load_settings(Path.cwd())
+    limits.configure(settings.limits)
     for w in settings.warnings:
         _note(w, quiet)
     known = [r.code for r in ALL_RULES]
@@ -340,16 +366,23 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     remaining_total = 0
     remaining_labels: list = []
     fixed_total = 0
+    from nbrefactor import limits
+
+    def fix_one(path):  # the bounded part: reading and fixing (writing happens outside it)
+        notebook, name, pair, data = _load(path, stdin_filename)
+        if not notebook.is_python:
+            return notebook, name, pair, data, None
+        return notebook, name, pair, data, fix_notebook(notebook, unsafe_fixes=unsafe_fixes, devices=devices, selection=selection)
+
     for path in files:
         stdin = str(path) == "-"
         try:
-            notebook, name, pair, data = _load(path, stdin_filename)
-            if not notebook.is_python:
+            notebook, name, pair, data, result = limits.bounded(str(path), fix_one, path)
+            if result is None:
                 _note(f"{name}: skipped, the kernel language is {notebook.language}", quiet)
                 if stdin and not (show_diff or check_only):
                     sys.stdout.buffer.write(data)
                 continue
-            result = fix_notebook(notebook, unsafe_fixes=unsafe_fixes, devices=devices, selection=selection)
             for line in result.refused:
                 _note(f"{name}: {line}", quiet)
             also = []
@@ -401,6 +434,9 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
         except NotebookError as err:
             errors.append(err)
             _error(err.one_line())
+        except Exception as err:  # noqa: BLE001 - a bug: an error for this file, the others still fixed
+            errors.append(internal_error(path, err))
+            _error(errors[-1].one_line())
     if not quiet and (files or not pre_commit):
         summary = []
         if fixed_total:

@@ -1,7 +1,9 @@
 """`[tool.nbrefactor]` in pyproject.toml, merged with the command line (ruff's names and rules).
 
-Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`. Codes match by prefix, as in
-ruff: `NBR1` selects NBR101 and NBR102, `ALL` selects everything.
+Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`, and the limits on the work for
+one notebook (`max-file-size`, `max-cells`, `max-cell-lines`, `max-line-length`, `max-nesting`,
+`time-budget`: see nbrefactor/limits.py). Codes match by prefix, as in ruff: `NBR1` selects NBR101
+and NBR102, `ALL` selects everything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude"}
+from nbrefactor import limits as _limits
+
+KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", *_limits.KEYS}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Settings:
     ignore: tuple[str, ...] = ()
     unsafe_fixes: bool = False
     exclude: tuple[str, ...] = ()
+    limits: _limits.Limits = field(default_factory=_limits.Limits)
     source: Path | None = None  # the pyproject.toml the settings came from
     warnings: list[str] = field(default_factory=list)
 
@@ -71,8 +76,10 @@ def load_settings(start: Path) -> Settings:
         return Settings(source=path)
     if not isinstance(table, dict):
         raise NotebookError(path, "[tool.nbrefactor] must be a table")
-    settings = Settings(source=path)
+    settings = Settings(source=path, limits=_limits.from_table(table, str(path)))
     for key, value in table.items():
+        if key in _limits.KEYS:
+            continue
         if key not in KNOWN_KEYS:
             settings.warnings.append(f"{path}: unknown key `{key}` in [tool.nbrefactor] (known: {', '.join(sorted(KNOWN_KEYS))})")
             continue

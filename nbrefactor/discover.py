@@ -2,7 +2,9 @@
 
 In a folder every `.ipynb` is a notebook; a `.py` or `.md` counts only when it is a jupytext
 notebook (a jupytext header or `# %%` cell markers), so a package's modules are not linted.
-Hidden folders, `.ipynb_checkpoints`, virtual environments and `node_modules` are skipped.
+Hidden folders, `.ipynb_checkpoints`, virtual environments and `node_modules` are skipped, and so
+is anything in a folder that is not a regular file (a FIFO, a device, a link to one): it is never
+opened. Named on the command line, such a file is an error.
 The sides of a jupytext pair (`nb.ipynb` and `nb.py`) are one notebook: listed once, by its
 `.ipynb` when that is among the files found or named.
 """
@@ -15,6 +17,7 @@ import re
 from pathlib import Path
 
 from nbrefactor.errors import NotebookError
+from nbrefactor.notebook.model import is_regular_file
 
 _SKIP_DIRS = {".ipynb_checkpoints", "node_modules", "__pycache__", "site-packages", "venv", ".venv", "build", "dist"}
 # A jupytext header, or cell markers: percent (`# %%`, `#%%`) or light (`# +`).
@@ -24,10 +27,12 @@ _JUPYTEXT_MD = re.compile(r"^---\n(?:.*\n)*?jupyter:", re.MULTILINE)
 
 
 def _looks_like_text_notebook(path: Path) -> bool:
-    try:
-        head = path.read_text(encoding="utf-8", errors="replace")[:20000]
-    except OSError:
+    from nbrefactor.notebook.model import read_head
+
+    data = read_head(path, 20000)  # None for a FIFO, a device, a folder: never read
+    if data is None:
         return False
+    head = data.decode("utf-8", errors="replace")
     if path.suffix == ".py":
         return _JUPYTEXT_PY.search(head) is not None
     return _JUPYTEXT_MD.search(head) is not None
@@ -62,7 +67,7 @@ def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[lis
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS and not _excluded(Path(root, d), exclude))
                 for name in sorted(files):
                     f = Path(root, name)
-                    if _excluded(f, exclude):
+                    if _excluded(f, exclude) or not is_regular_file(f):  # FIFOs, devices, links to them
                         continue
                     if f.suffix == ".ipynb" or (f.suffix in (".py", ".md") and _looks_like_text_notebook(f)):
                         found.append(f)

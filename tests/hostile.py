@@ -13,6 +13,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,22 +69,28 @@ def _yaml_bomb() -> str:
 
 
 def cases() -> list[Case]:
-    too_deep = dict(exit=(2,), stderr="nested too deeply", unchanged=("{path}",))
-    too_large = dict(exit=(2,), stderr="too large", unchanged=("{path}",))
+    too_deep = dict(exit=(2,), stderr="skipped: the code is nested too deeply", unchanged=("{path}",))
+    too_large = dict(exit=(2,), stderr="skipped: too large", unchanged=("{path}",))
     out: list[Case] = []
     out += _code_case("attribute_chain_20000", "x = a" + ".b" * 20000 + "\n", **too_deep)
     out += _code_case("call_chain_5000", "x = f" + "()" * 5000 + "\n", **too_deep)
-    out += _code_case("binary_operation_100000", "x = " + " + ".join(["1"] * 100000) + "\n", **too_deep)
-    out += _code_case("lists_nested_190", "x = " + "[" * 190 + "]" * 190 + "\n", **too_deep)
+    out += _code_case("binary_operation_100000", "x = " + " + ".join(["1"] * 100000) + "\n", **too_large)
+    out += _code_case("binary_operation_20000", "x = " + " + ".join(["1"] * 20000) + "\n", **too_deep)
+    out += _code_case("binary_operation_over_20000_lines", "x = (1\n" + " + 1\n" * 20000 + ")\n", **too_deep)
+    out += _code_case("lists_nested_190", "x = " + "[" * 190 + "]" * 190 + "\n", exit=(0, 1))
+    out += _code_case("attribute_chain_190", "x = a" + ".b" * 190 + "\n", exit=(0, 1))
+    out += _code_case("if_nested_99", "".join("    " * i + "if x:\n" for i in range(99)) + "    " * 99 + "y = " + "-" * 80 + "1\n", exit=(0, 1))
     out += _code_case("unary_chain_50000", "x = " + "-" * 50000 + "1\n", **too_deep)
-    out += _code_case("comparison_chain_50000", "x = " + " < ".join(["a"] * 50000) + "\n", **too_deep)
+    out += _code_case("comparison_chain_50000", "x = " + " < ".join(["a"] * 50000) + "\n", **too_large)
+    out += _code_case("comparison_chain_20000", "x = " + " < ".join(["a"] * 20000) + "\n", exit=(0, 1))
     out += _code_case("lambda_chain_2000", "f = " + "lambda: " * 2000 + "1\n", **too_deep)
     out += _code_case("decorators_20000", "@d\n" * 20000 + "def f():\n    pass\n", exit=(0, 1), seconds=30)
     # Python's own limits: the cell is not Python to the parser, which is a note, not a crash.
     out += _code_case("parentheses_nested_300", "x = " + "(" * 300 + "1" + ")" * 300 + "\n", exit=(0, 1))
     out += _code_case("indentation_120", "".join("    " * i + "if x:\n" for i in range(120)) + "    " * 120 + "pass\n", exit=(0, 1))
     out += _code_case("integer_of_5000_digits", "x = " + "9" * 5000 + "\n", exit=(0, 1))
-    out += _code_case("string_of_5_mb", "x = '" + "a" * (5 * MiB) + "'\n", exit=(0, 1), seconds=30)
+    out += _code_case("string_of_5_mb", "x = '" + "a" * (5 * MiB) + "'\n", **too_large)
+    out += _code_case("string_of_90_kb", "x = '" + "a" * (90 * 1024) + "'\n", exit=(0, 1))
     out += _code_case("line_of_10_mb", "x = [" + "0, " * (10 * MiB // 3) + "]\n", **too_large)
     out += _code_case("statements_on_one_line_100000", "; ".join(["x = 1"] * 100000) + "\n", **too_large)
     out += _code_case("cell_of_60000_lines", "".join(f"x{i} = {i}\n" for i in range(60000)), **too_large)
@@ -109,7 +116,7 @@ def cases() -> list[Case]:
     out.append(Case("jupytext_metadata_list/check", ("check", "{path}"), odd2, exit=(0, 1, 2), seconds=10))
     deep_json = '{"cells": [], "metadata": ' + '{"a": ' * 100000 + "1" + "}" * 100000 + ', "nbformat": 4, "nbformat_minor": 5}'
     out.append(Case("json_nested_100000", ("check", "{path}"), {"deep.ipynb": deep_json}, exit=(2,), stderr="deep.ipynb", seconds=10))
-    out.append(Case("source_as_1000000_pieces", ("check", "{path}"), {"pieces.ipynb": _nb(["import lightning\n"] + ["x = 1\n"] * 10 + ["y"] * 1_000_000)}, exit=(0, 1, 2), seconds=30, megabytes=1000))
+    out.append(Case("source_as_1000000_pieces", ("check", "{path}"), {"pieces.ipynb": _nb(["import lightning\n"] + ["x = 1\n"] * 10 + ["y"] * 1_000_000)}, seconds=30, megabytes=1000, **too_large))
     outputs = {"cell_type": "code", "execution_count": 1, "id": "o", "metadata": {}, "source": "import lightning\nprint(1)\n",
                "outputs": [{"output_type": "stream", "name": "stdout", "text": "x\n"}] * 200000}
     big_outputs = json.dumps({"cells": [outputs, json.loads(_nb("import torch\n" + FABRIC + "fabric.launch()\n" + TRAIN))["cells"][0]],
@@ -118,7 +125,7 @@ def cases() -> list[Case]:
     out.append(Case("nul_bytes", ("check", "{path}"), {"nul.ipynb": _nb("import lightning\nx = '\x00'\n\x00\n")}, exit=(0, 1, 2), seconds=10))
 
     # A folder with things that are not regular files: skipped, and the real notebook checked.
-    folder = {"folder/real.ipynb": _nb("import lightning as L\ntrainer = L.Trainer(devices=2)\n"),
+    folder = {"folder/real.ipynb": _nb(FABRIC + "fabric.launch()\n"),
               "folder/zero.ipynb": ("symlink", "/dev/zero"), "folder/fifo.ipynb": ("fifo",),
               "folder/urandom.py": ("symlink", "/dev/urandom")}
     out.append(Case("folder_with_device_and_fifo", ("check", "{dir}/folder"), folder, exit=(1,), seconds=10))
@@ -173,21 +180,34 @@ def run(case: Case, folder: Path, hard_seconds: float | None = None) -> Outcome:
 
     proc = subprocess.Popen([sys.executable, "-m", "nbrefactor", *args], cwd=folder, env=env, preexec_fn=limit,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        out, err = proc.communicate(timeout=hard_seconds or float(os.environ.get("HOSTILE_HARD_SECONDS", case.seconds * 3)))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        proc.returncode = None
+    streams: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda n=n, f=f: streams.__setitem__(n, f.read()), daemon=True)
+               for n, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for r in readers:
+        r.start()
+    deadline = start + (hard_seconds or float(os.environ.get("HOSTILE_HARD_SECONDS", case.seconds * 3)))
+    code, usage = None, None
+    while True:  # os.wait4: this child's own peak memory (with the workers it waited for)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            _, _, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    proc.returncode = code if code is not None else -9
     seconds = time.perf_counter() - start
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for r in readers:
+        r.join(10)
+    out, err = streams.get("out", b""), streams.get("err", b"")
     changed = [str(p) for p, b in before.items() if not p.is_file() or p.read_bytes() != b]
-    return Outcome(proc.returncode, seconds, usage.ru_maxrss / 1024, out.decode(errors="replace"), err.decode(errors="replace"), changed)
+    return Outcome(code, seconds, usage.ru_maxrss / 1024, out.decode(errors="replace"), err.decode(errors="replace"), changed)
 
 
 def main() -> None:
-    """Print each case's exit code, time and peak memory (each in a fresh process, so the peak
-    memory is that case's own)."""
+    """Print each case's exit code, time and peak memory (for the note and the README)."""
     import tempfile
 
     names = sys.argv[1:]
@@ -195,18 +215,10 @@ def main() -> None:
         if names and not any(case.name.startswith(n) for n in names):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            probe = subprocess.run(
-                [sys.executable, "-c", f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from tests.hostile import _one; _one({case.name!r}, {tmp!r})"],
-                capture_output=True, text=True)
-            print(probe.stdout.strip() or f"{case.name}: harness failed {probe.stderr[-300:]}", flush=True)
-
-
-def _one(name: str, tmp: str) -> None:
-    case = next(c for c in cases() if c.name == name)
-    o = run(case, Path(tmp))
-    tail = (o.stderr.strip().splitlines() or [""])[-1][:110]
-    trace = " TRACEBACK" if "Traceback" in o.stderr else ""
-    print(f"{case.name:38} exit {o.exit!s:>4} {o.seconds:7.2f} s {o.megabytes:7.0f} MB{trace}  {tail}")
+            o = run(case, Path(tmp))
+        tail = (o.stderr.strip().splitlines() or [""])[-1][:110]
+        trace = " TRACEBACK" if "Traceback" in o.stderr else ""
+        print(f"{case.name:38} exit {o.exit!s:>4} {o.seconds:7.2f} s {o.megabytes:7.0f} MB{trace}  {tail}", flush=True)
 
 
 if __name__ == "__main__":

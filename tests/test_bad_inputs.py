@@ -152,3 +152,81 @@ def test_errors_do_not_stop_other_files(tmp_path):
     good.write_text(json.dumps(nb))
     r = run_cli("check", str(tmp_path / "missing.ipynb"), str(good))
     assert r.returncode == 2 and b"NBR402" in r.stdout
+
+
+# --- limits (nbrefactor/limits.py): configurable, and a skipped file is an error, never "clean" ---
+
+
+def _notebook_with(*sources: str) -> str:
+    nb = json.loads(json.dumps(GOOD))
+    nb["cells"] = [dict(GOOD["cells"][0], id=f"c{i}", source=s) for i, s in enumerate(sources)]
+    return json.dumps(nb)
+
+
+FINDING = "import lightning as L\ntrainer = L.Trainer()\n"
+
+
+def test_the_time_budget_skips_one_notebook_and_the_others_are_still_checked(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.nbrefactor]\ntime-budget = 0.5\n")
+    slow = "x = " + " < ".join(["a"] * 20000) + "\n"  # linear, but seconds of work
+    (tmp_path / "slow.ipynb").write_text(_notebook_with(FINDING, slow))
+    (tmp_path / "quick.ipynb").write_text(_notebook_with(FINDING))
+    r = run_cli("check", "slow.ipynb", "quick.ipynb", cwd=tmp_path)
+    line = _one_line_error(r, "slow.ipynb")
+    assert "time budget of 0.5 s" in line and "time-budget" in line
+    assert b"quick.ipynb:cell 1:2:" in r.stdout and b"slow.ipynb:cell" not in r.stdout
+
+
+def test_limits_come_from_pyproject_and_name_the_key_to_raise(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.nbrefactor]\nmax-cells = 2\nmax-cell-lines = 3\n")
+    (tmp_path / "many.ipynb").write_text(_notebook_with(FINDING, "x = 1\n", "y = 2\n"))
+    line = _one_line_error(run_cli("check", "many.ipynb", cwd=tmp_path), "many.ipynb")
+    assert "3 cells (at most 2; raise max-cells in [tool.nbrefactor])" in line
+    (tmp_path / "long.ipynb").write_text(_notebook_with(FINDING + "a = 1\nb = 2\n"))
+    line = _one_line_error(run_cli("fix", "long.ipynb", cwd=tmp_path), "long.ipynb:cell 1")
+    assert "5 lines (at most 3; raise max-cell-lines" in line
+    (tmp_path / "pyproject.toml").write_text("[tool.nbrefactor]\nmax-cells = 0\nmax-cell-lines = 0\n")  # 0: no limit
+    assert run_cli("check", "many.ipynb", "long.ipynb", cwd=tmp_path).returncode == 1
+
+
+@pytest.mark.parametrize("value", ['"many"', "-1", "true", "2.5"])
+def test_a_bad_limit_value_is_one_error_line(tmp_path, value):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.nbrefactor]\nmax-cells = {value}\n")
+    (tmp_path / "nb.ipynb").write_text(_notebook_with(FINDING))
+    line = _one_line_error(run_cli("check", "nb.ipynb", cwd=tmp_path), "pyproject.toml")
+    assert "max-cells must be a non-negative whole number" in line
+
+
+def test_a_bug_is_an_error_for_that_file_not_a_traceback_or_findings(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import nbrefactor.checker
+    from nbrefactor.cli import main
+
+    (tmp_path / "a.ipynb").write_text(_notebook_with(FINDING))
+    (tmp_path / "b.ipynb").write_text(_notebook_with(FINDING))
+    real = nbrefactor.checker.check_notebook
+
+    def broken(notebook, selection):
+        if notebook.path.endswith("a.ipynb"):
+            raise KeyError("boom")
+        return real(notebook, selection)
+
+    monkeypatch.setattr(nbrefactor.checker, "check_notebook", broken)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["check", "--isolated", "a.ipynb", "b.ipynb"])
+    assert r.exit_code == 2, r.output
+    assert "error: a.ipynb: internal error, please report it: KeyError: 'boom'" in r.stderr
+    assert "b.ipynb:cell 1:2:" in r.stdout and "Traceback" not in r.output
+
+
+def test_fix_writes_nothing_for_a_file_that_errors_and_fixes_the_others(tmp_path):
+    deep = FINDING + "x = a" + ".b" * 5000 + "\n"
+    (tmp_path / "deep.ipynb").write_text(_notebook_with(deep))
+    fabric = "import lightning as L\nfabric = L.Fabric(devices=2, strategy='ddp')\n"
+    (tmp_path / "ok.ipynb").write_text(_notebook_with(fabric))
+    before = (tmp_path / "deep.ipynb").read_bytes()
+    r = run_cli("fix", "deep.ipynb", "ok.ipynb", cwd=tmp_path)
+    assert "nested too deeply" in _one_line_error(r, "deep.ipynb:cell 1:3")
+    assert (tmp_path / "deep.ipynb").read_bytes() == before
+    assert "ddp_notebook" in (tmp_path / "ok.ipynb").read_text()

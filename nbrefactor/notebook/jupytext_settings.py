@@ -8,8 +8,9 @@ accepts only data formats:
 
 - `jupytext`, `jupytext.toml` (and their dotted names) and `[tool.jupytext]` in `pyproject.toml`,
   parsed with `tomllib`;
-- `jupytext.yml`/`jupytext.yaml` (and dotted), parsed with `yaml.safe_load` (PyYAML is a
-  dependency of jupytext; should it be missing, YAML files are passed over as if absent);
+- `jupytext.yml`/`jupytext.yaml` (and dotted), parsed with `yaml.safe_load` once `safe_yaml` has
+  refused anchors, aliases and oversized input (PyYAML is a dependency of jupytext; should it be
+  missing, YAML files are passed over as if absent);
 - `jupytext.json` (and dotted), parsed with `json`.
 
 `.jupytext.py` is never read, let alone run: it is passed over as if absent (the search goes on to
@@ -78,9 +79,12 @@ def _parse(path: Path) -> object:
             import yaml
         except ImportError:
             return _SKIP
+        from nbrefactor.errors import NotebookError
+        from nbrefactor.notebook.safe_yaml import safe_load
+
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
+            return safe_load(text, str(path), "the jupytext configuration")
+        except (yaml.YAMLError, NotebookError) as err:
             raise ValueError(str(err)) from None
     if name.endswith(".json"):
         return json.loads(text)

@@ -92,10 +92,18 @@ def _decode(path: str, data: bytes) -> str:
     return text
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    p = Path(path)
+def read_file(path: str | os.PathLike, limit: int | None = None, head: int | None = None) -> bytes:
+    """The bytes of a regular file (a link to one included), at most `limit` bytes (default: the
+    max-file-size limit). A FIFO, a device or a socket is refused before anything is read, so
+    `x.ipynb -> /dev/zero` or a FIFO named like a notebook cannot hang or exhaust nbrefactor."""
+    import stat
+
+    from nbrefactor import limits
+
+    if limit is None:
+        limit = limits.active().file_bytes
     try:
-        return p.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise NotebookError(path, "no such file") from None
     except IsADirectoryError:
@@ -104,20 +112,80 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise NotebookError(path, "permission denied") from None
     except OSError as err:
         raise NotebookError(path, err.strerror or str(err)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise NotebookError(path, "is a folder, not a notebook")
+        if not stat.S_ISREG(st.st_mode):
+            raise NotebookError(path, f"not a regular file ({_file_kind(st.st_mode)}): not a notebook")
+        if limit:
+            limits.check_file_size(str(path), st.st_size)
+        if head is not None:
+            return os.read(fd, head)
+        chunks = []
+        size = 0
+        while True:  # the file may grow while it is read: never past the limit
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if limit:
+                limits.check_file_size(str(path), size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except IsADirectoryError:
+        raise NotebookError(path, "is a folder, not a notebook") from None
+    except OSError as err:
+        raise NotebookError(path, err.strerror or str(err)) from None
+    finally:
+        os.close(fd)
+
+
+def is_regular_file(path: str | os.PathLike) -> bool:
+    """A regular file, or a link to one (not a FIFO, a device, a socket or a folder)."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_head(path: str | os.PathLike, size: int) -> bytes | None:
+    """The first `size` bytes of a regular file; None for anything else or an unreadable file."""
+    try:
+        return read_file(path, limit=0, head=size)
+    except NotebookError:
+        return None
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def read_notebook(path: str | os.PathLike, data: bytes | None = None) -> Notebook:
     """Read a notebook file (or the given bytes, named `path`) into a `Notebook`."""
+    from nbrefactor import limits
+
     path = str(path)
     if data is None:
         data = read_file(path)
+    limits.check_file_size(path, len(data))
     text = _decode(path, data)
     suffix = Path(path).suffix
     if suffix == ".ipynb" or (suffix not in TEXT_NOTEBOOK_EXTENSIONS and text.lstrip().startswith("{")):
-        return _read_ipynb(path, text)
-    if suffix in TEXT_NOTEBOOK_EXTENSIONS:
-        return _read_text(path, text, suffix)
-    raise NotANotebook(path, f"'{suffix or 'no extension'}' files are not notebooks")
+        notebook = _read_ipynb(path, text)
+    elif suffix in TEXT_NOTEBOOK_EXTENSIONS:
+        notebook = _read_text(path, text, suffix)
+    else:
+        raise NotANotebook(path, f"'{suffix or 'no extension'}' files are not notebooks")
+    limits.check_cells(path, notebook.cells)
+    return notebook
 
 
 def _kernel_language(metadata: dict) -> str | None:
@@ -171,14 +239,18 @@ def _read_text(path: str, text: str, suffix: str) -> Notebook:
 
     from nbrefactor.notebook.text import jupytext_config
 
+    from nbrefactor.notebook.safe_yaml import check_text_header
+
+    check_text_header(text, path, commented=suffix == ".py")
     config = jupytext_config(path)
     try:
         node = jupytext.reads(text, fmt=suffix.lstrip("."), config=config)
     except Exception as err:  # jupytext raises many types for malformed headers
         raise NotebookError(path, f"jupytext could not read it: {err}") from None
-    info = node.metadata.get("jupytext", {}).get("text_representation", {})
+    jupytext_md = node.metadata.get("jupytext") if isinstance(node.metadata.get("jupytext"), dict) else {}
+    info = jupytext_md.get("text_representation") if isinstance(jupytext_md.get("text_representation"), dict) else {}
     fmt = suffix.lstrip(".")
-    if info.get("format_name"):
+    if isinstance(info.get("format_name"), str) and info["format_name"]:
         fmt += ":" + info["format_name"]
     cells = [
         Cell(i, c.cell_type, c.source, None, dict(c.metadata)) for i, c in enumerate(node.cells)

@@ -106,8 +106,8 @@ def may_be_paired(path: str | os.PathLike, text: str | None = None) -> bool:
         return False
     if text is None:
         try:
-            text = p.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+            text = read_file(p).decode("utf-8", errors="replace")
+        except NotebookError:
             return False
     if "formats" in text and "jupytext" in text:
         return True
@@ -130,9 +130,31 @@ def _metadata(path: str, text: str, config) -> dict:
         md = data.get("metadata") if isinstance(data, dict) else None
         return md if isinstance(md, dict) else {}
     try:
+        from nbrefactor.notebook.safe_yaml import check_text_header
+
+        check_text_header(text, path, commented=path.endswith(".py"))
         return jupytext.reads(text, fmt=os.path.splitext(path)[1].lstrip("."), config=config).metadata
     except Exception:  # noqa: BLE001 - unreadable: not a pair (read_notebook reports it)
         return {}
+
+
+def _odd_pairing_metadata(metadata: dict) -> str | None:
+    """What is wrong with the pairing metadata's shape, in words (jupytext would fail on it with
+    Python's own message), or None."""
+    jupytext = metadata.get("jupytext")
+    if jupytext is not None and not isinstance(jupytext, dict):
+        return f"`jupytext` in the notebook's metadata must be a mapping, not {_kind(jupytext)}"
+    for where, value in (("jupytext.formats", (jupytext or {}).get("formats")), ("jupytext_formats", metadata.get("jupytext_formats"))):
+        if value is not None and not isinstance(value, str):
+            return f'`{where}` in the notebook\'s metadata must be a string such as "ipynb,py:percent", not {_kind(value)}'
+    text_repr = (jupytext or {}).get("text_representation")
+    if text_repr is not None and not isinstance(text_repr, dict):
+        return f"`jupytext.text_representation` in the notebook's metadata must be a mapping, not {_kind(text_repr)}"
+    return None
+
+
+def _kind(value) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
 def paired_files(path: str | os.PathLike, text: str | None = None) -> tuple[list[tuple[str, dict]], object] | None:
@@ -155,6 +177,9 @@ def paired_files(path: str | os.PathLike, text: str | None = None) -> tuple[list
 
     config = jupytext_config(path)
     metadata = _metadata(path, text, config)
+    problem = _odd_pairing_metadata(metadata)
+    if problem:
+        raise NotebookError(path, f"jupytext pairing: {problem}; not paired, nothing read or written beside it")
     try:
         formats = notebook_formats({"metadata": metadata}, config, path, fallback_on_current_fmt=False)
     except Exception as err:  # noqa: BLE001 - a malformed `formats` string
