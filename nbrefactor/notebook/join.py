@@ -154,7 +154,7 @@ def _parses(source: str) -> tuple[bool, str | None, int | None]:
         return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
     except (RecursionError, MemoryError):  # CPython's parser: "too complex", or its stack overflowed
         raise _TooDeep(None) from None
-    line = deepest_line(tree)
+    line = deepest_line(tree, source)
     if line is not None:
         raise _TooDeep(line)
     return True, None, None
