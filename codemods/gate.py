@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import heapq
 import re
 import symtable
 from dataclasses import dataclass, field
@@ -285,36 +286,49 @@ class _Now(ast.NodeVisitor):
 class _Walk:
     def __init__(self, tables) -> None:
         self.tables = tables
-        self.bound: set[str] = set()
+        self.bound: dict[str, int] = {}  # name -> the order in which it was first bound (a set that remembers when)
         self.star = False
         self.definitions: dict[str, _Definition] = {}
         self.used_classes: dict[str, _Definition] = {}
         self.found: list[Unbound] = []
+        self.new_classes: list[str] = []  # used classes met since `run` last looked
 
     def run(self, tree: ast.Module) -> list[Unbound]:
         for statement in tree.body:
             self.statement(statement)
+        # Hooks run during a launch: by the end, at the latest. The classes in name order, those
+        # that checking one of them reaches included (a heap: not a sort per class).
         done: set[str] = set()
-        while set(self.used_classes) - done:  # hooks run during a launch: by the end, at the latest
-            name = sorted(set(self.used_classes) - done)[0]
+        pending = list(self.used_classes)
+        heapq.heapify(pending)
+        self.new_classes = []
+        while pending:
+            name = heapq.heappop(pending)
+            if name in done:
+                continue
             done.add(name)
             d = self.used_classes[name]
             for read in sorted(d.reads_later):
                 self.require(read, d, set())
+            for new in self.new_classes:
+                heapq.heappush(pending, new)
+            self.new_classes.clear()
         return self.found
 
     def statement(self, statement: ast.stmt) -> None:
         now = _Now()
         now.visit(statement)
-        available = self.bound | now.binds
+        # What is bound when the statement runs: what was bound before it, as it was then, and
+        # what it binds itself (a view, not a copy per statement: that was quadratic).
+        available = _BoundBefore(self.bound, len(self.bound), now.binds)
         for name in now.reads:
             if name.id not in available:
                 self.report(Unbound(name.id, name.lineno))
-        used = {n.id for n in now.reads} & set(self.definitions)
+        used = {n.id for n in now.reads if n.id in self.definitions}
         for name in sorted(used):
             self.call(self.definitions[name], available, set())
         self.star |= now.star
-        self.bound |= now.binds
+        self._bind(now.binds)
         for name in now.binds:
             self.definitions.pop(name, None)
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -322,13 +336,19 @@ class _Walk:
             if d is not None:
                 self.definitions[d.name] = d
 
-    def call(self, d: _Definition, available: set[str], seen: set[str]) -> None:
+    def _bind(self, names) -> None:
+        for name in names:
+            self.bound.setdefault(name, len(self.bound))
+
+    def call(self, d: _Definition, available, seen: set[str]) -> None:
         """`d` is called (or instantiated) now: its free names must be bound, and the notebook
         functions it reaches are called too."""
         if d.name in seen:
             return
         seen.add(d.name)
         if isinstance(d.node, ast.ClassDef):
+            if d.name not in self.used_classes:
+                self.new_classes.append(d.name)
             self.used_classes[d.name] = d
         for name, line in sorted(d.read_before_assigned.items()):
             self.report(Unbound(name, line, d.name))
@@ -337,7 +357,7 @@ class _Walk:
                 self.require(name, d, seen)
             elif name in self.definitions and name != d.name:
                 self.call(self.definitions[name], available, seen)
-        self.bound |= d.binds_when_called
+        self._bind(d.binds_when_called)
 
     def require(self, name: str, d: _Definition, seen: set[str]) -> None:
         if name in self.bound:
@@ -350,6 +370,21 @@ class _Walk:
         if self.star or _always_bound(u.name):
             return
         self.found.append(u)
+
+
+class _BoundBefore:
+    """The names bound when a statement starts (the first `limit` names of `bound`, in the order
+    they were bound) and those the statement binds itself: what a call made during the statement
+    binds later does not count, as with a copy taken at its start."""
+
+    __slots__ = ("bound", "limit", "own")
+
+    def __init__(self, bound: dict[str, int], limit: int, own: set[str]) -> None:
+        self.bound, self.limit, self.own = bound, limit, own
+
+    def __contains__(self, name: object) -> bool:
+        order = self.bound.get(name)
+        return (order is not None and order < self.limit) or name in self.own
 
 
 def _first_read(node: ast.AST, name: str) -> int:
