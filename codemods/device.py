@@ -28,10 +28,13 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.facts import NotebookFacts, Value, qualified_name
+from codemods.walk import walk
 
 # Tensor methods that take `device=` (besides `.to`).
 _TENSOR_DEVICE_METHODS = ("new_tensor", "new_zeros", "new_ones", "new_empty", "new_full")
 _LOADERS = ("torch.load", "torch.jit.load")
+_DEVICE_METHODS = frozenset(("cuda", "to", "load_from_checkpoint", *_TENSOR_DEVICE_METHODS))  # `leave_Call`'s
+_BINDING_NODES = (cst.Assign, cst.AnnAssign, cst.For, cst.WithItem)  # what `leave_Assign` ... follow
 
 
 def _code(node: cst.CSTNode) -> str:
@@ -99,6 +102,25 @@ class ProcessDevice(cst.CSTTransformer):
 
     def _is_torch_device_call(self, expr: cst.BaseExpression) -> bool:
         return isinstance(expr, cst.Call) and self._qname(expr.func) == "torch.device" and self.is_cuda_device(expr)
+
+    def leaves_alone(self, node: cst.CSTNode) -> bool:
+        """True when visiting `node` would change neither it nor what this transformer remembers:
+        no assignment, `for` or `with` (they bind names it follows) and no call it could rewrite.
+        A cheap read-only walk, so moving many statements need not rebuild each one. Names bound
+        by the moved code are ignored here (they only ever make a call inert): conservative."""
+        for n in walk(node):
+            kind = type(n)
+            if kind in _BINDING_NODES:
+                return False
+            if kind is cst.Call:
+                func = n.func
+                q = qualified_name(func, self.env)
+                if isinstance(func, cst.Attribute) and q is None:
+                    if func.attr.value in _DEVICE_METHODS:
+                        return False
+                elif q is not None and q.startswith("torch.") and not q.startswith("torch.cuda.") and q != "torch.device":
+                    return False
+        return True
 
     # -- scopes --------------------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class Statement:
     defines: set[str] = field(default_factory=set)
     uses: set[str] = field(default_factory=set)
     calls: list[cst.Call] = field(default_factory=list)  # calls that run when the statement runs
+    binds_any: bool = True  # False: nothing in it binds a name (no assignment, import, def, `for` ...)
 
 
 @dataclass
@@ -168,10 +169,22 @@ class NotebookFacts:
     uses_fabric: bool = False
     cpu_only_calls: set[int] = field(default_factory=set)  # ids of calls in a "no CUDA" branch
     lightning_module_classes: set[str] = field(default_factory=set)  # notebook classes that are LightningModules
+    _code: str | None = field(default=None, repr=False, compare=False)  # `module.code`, once printed
+    _last_launch: tuple[int, int | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def code(self) -> str:
+        """The module's text: printed once (printing a large module costs as much as parsing it)."""
+        if self._code is None:
+            self._code = self.module.code
+        return self._code
 
     @property
     def last_launch(self) -> int | None:
-        return max((lp.statement for lp in self.launches), default=None)
+        # Asked once per CUDA use: remembered while the launches stay as they are.
+        if self._last_launch is None or self._last_launch[0] != len(self.launches):
+            self._last_launch = (len(self.launches), max((lp.statement for lp in self.launches), default=None))
+        return self._last_launch[1]
 
     def statement_cell(self, index: int) -> int:
         return self.statements[index].cell
@@ -221,6 +234,16 @@ class Scan:
     loads: set[str] = field(default_factory=set)
     binds: set[str] = field(default_factory=set)
     ifs: list[cst.If] = field(default_factory=list)
+    # Binds names that `binds` does not list: a comprehension's target, `:=`, `del`, `except ...
+    # as e`, any import (a relative one binds names `binds` leaves out).
+    binds_unlisted: bool = False
+
+
+# Nodes that bind a name (in Python's terms: a name stored or deleted) beyond what `Scan.binds` lists.
+_UNLISTED_BINDINGS = tuple(
+    t for t in (getattr(cst, name, None) for name in ("CompFor", "NamedExpr", "Del", "ExceptHandler", "ExceptStarHandler", "TypeAlias"))
+    if t is not None
+)
 
 
 def scan(node: cst.CSTNode) -> Scan:
@@ -236,6 +259,8 @@ def scan(node: cst.CSTNode) -> Scan:
             out.calls.append(n)
         elif kind is cst.If:
             out.ifs.append(n)
+        elif kind in _UNLISTED_BINDINGS:
+            out.binds_unlisted = True
         elif isinstance(n, cst.FunctionDef):
             out.binds.add(n.name.value)
             stack.extend(reversed([n.params, *n.decorators]))  # the body does not run now
@@ -254,6 +279,7 @@ def scan(node: cst.CSTNode) -> Scan:
             continue
         elif isinstance(n, (cst.Import, cst.ImportFrom)):
             out.binds.update(N.import_bindings(n))
+            out.binds_unlisted = True
             continue
         elif isinstance(n, cst.ClassDef):
             out.binds.add(n.name.value)
@@ -587,7 +613,7 @@ class _Analysis:
                     cell = cell_after(line.comment.value, cell, plain)
             found = scan(node)
             self.if_nodes.extend(found.ifs)
-            st = Statement(node, index, cell, found.binds, found.loads, found.calls)
+            st = Statement(node, index, cell, found.binds, found.loads, found.calls, bool(found.binds) or found.binds_unlisted)
             facts.statements.append(st)
             self.statement(st)
         facts.cpu_only_calls = _cpu_only_calls(self.if_nodes)

@@ -25,6 +25,7 @@ factory (`make_dataset()`), called once for the notebook and once in each traini
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement, qualified_name, target_names
 from codemods.gate import bound_before_read
+from codemods.walk import walk
 from codemods.rules.base import runs_before_a_launch
 
 RESULTS_FILE = "train_results.pt"  # in a fresh temporary folder, chosen before the launch
@@ -127,6 +129,20 @@ class _PrintToFabric(cst.CSTTransformer):
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
         return False
 
+    @staticmethod
+    def finds(node: cst.CSTNode) -> bool:
+        """Is there a `print(...)` to rewrite in `node` (outside function bodies)? A read-only walk,
+        cheaper than visiting (which rebuilds every node)."""
+        return any(
+            type(n) is cst.Call and isinstance(n.func, cst.Name) and n.func.value == "print"
+            for n in walk(node, enter=lambda n: not isinstance(n, cst.FunctionDef))
+        )
+
+
+def _visited(stmt: cst.BaseStatement, transformer: cst.CSTTransformer, needed: bool) -> cst.BaseStatement:
+    """`stmt.visit(transformer)`, or `stmt` itself where the visit would change nothing."""
+    return stmt.visit(transformer) if needed else stmt
+
 
 # ---------------------------------------------------------------------------------------------
 # The codemod
@@ -205,35 +221,46 @@ def _hazard_statements(facts: NotebookFacts, launch) -> dict[int, list[str]]:
     return out
 
 
-def _used_outside(facts: NotebookFacts, names: set[str], inside: set[int], also: set[str] = frozenset()) -> set[str]:
-    """Which of `names` are read by top-level statements other than those in `inside`."""
-    used: set[str] = set()
+def _readers(facts: NotebookFacts) -> dict[str, list[int]]:
+    """Name -> the indices of the top-level statements that read it."""
+    out: dict[str, list[int]] = {}
     for st in facts.statements:
-        if st.index in inside:
-            continue
-        used |= st.uses & names
-    return used - set(also)
-
-
-def _movable(facts, index, moved_set, allow_unsafe) -> bool:
-    """A hazard moves by default when nothing else at top level reads what it defines."""
-    if allow_unsafe:
-        return True
-    defined = facts.statements[index].defines
-    return not _used_outside(facts, defined, moved_set | {index})
+        for name in st.uses:
+            out.setdefault(name, []).append(st.index)
+    return out
 
 
 def _movable_early(facts: NotebookFacts, early: list[int], inside: set[int], allow_unsafe: bool) -> list[int]:
     """The hazards before the region that move into `train` with it. Safe: those whose results
-    nothing that stays at top level reads (decided together: one that stays keeps what it reads)."""
+    nothing that stays at top level reads (decided together: one that stays keeps what it reads).
+
+    A hazard stays when a statement outside `inside` and the moving hazards reads what it defines;
+    a hazard that stays can only make those whose names it reads stay in turn. So the hazards are
+    decided from a work list (whatever order they leave in, the ones left moving are the same),
+    not by re-checking every hazard against every statement until nothing changes."""
     if allow_unsafe:
         return list(early)
     moving = set(early)
-    while True:
-        staying = [i for i in moving if not _movable(facts, i, inside | moving, False)]
-        if not staying:
-            return sorted(moving)
-        moving -= set(staying)
+    if not moving:
+        return []
+    statements = facts.statements
+    readers = _readers(facts)
+    definers: dict[str, list[int]] = {}  # name -> the hazards that define it
+    for i in moving:
+        for name in statements[i].defines:
+            definers.setdefault(name, []).append(i)
+
+    def read_outside(i: int) -> bool:
+        return any(j not in inside and j not in moving for name in statements[i].defines for j in readers.get(name, ()))
+
+    todo = sorted(moving)
+    while todo:
+        i = todo.pop()
+        if i not in moving or not read_outside(i):
+            continue
+        moving.discard(i)  # it stays: the hazards whose names it reads are looked at again
+        todo.extend(h for name in statements[i].uses for h in definers.get(name, ()) if h in moving)
+    return sorted(moving)
 
 
 def _closure(facts: NotebookFacts, seeds: list[int], upto: int) -> list[int]:
@@ -256,6 +283,8 @@ SETUP_METHODS = {"setup", "setup_module", "setup_optimizers", "setup_dataloaders
 def outer_reads(st: Statement, module: cst.Module) -> set[str]:
     """The names a statement reads from outside: what it binds before reading (a `for` loop's
     target, `for x, y in loader: model(x)`) is not read from an earlier statement."""
+    if not st.binds_any:  # binds nothing, so reads every name it uses from outside (no need to print and parse it)
+        return set(st.uses)
     return st.uses - bound_before_read(module.code_for_node(st.node))
 
 
@@ -270,6 +299,7 @@ def _setup_rebinds(facts: NotebookFacts, moved: list[int]) -> set[int]:
     processes; cells outside `train` keep reading the plain ones (kept at top level, or made by
     the exploration factory)."""
     out: set[int] = set()
+    first_definer: dict[str, int] | None = None  # name -> the first statement that defines it
     for i in moved:
         st = facts.statements[i]
         pairs = list(_assign_pairs(st.node))
@@ -279,10 +309,20 @@ def _setup_rebinds(facts: NotebookFacts, moved: list[int]) -> set[int]:
         if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value in SETUP_METHODS):
             continue
         names = target_names(target)
-        earlier = {n for o in facts.statements[:i] for n in o.defines}
-        if names and names <= earlier:
+        if first_definer is None:
+            first_definer = _first_definers(facts)
+        if names and all(first_definer.get(n, i) < i for n in names):  # each defined before `i`
             out.add(i)
     return out
+
+
+def _first_definers(facts: NotebookFacts) -> dict[str, int]:
+    """Name -> the index of the first top-level statement that defines it."""
+    first: dict[str, int] = {}
+    for st in facts.statements:
+        for name in st.defines:
+            first.setdefault(name, st.index)
+    return first
 
 
 def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_training: set[str], training: set[int]) -> tuple[list[int], list[int], set[int]]:
@@ -297,15 +337,17 @@ def _split_exploration(facts: NotebookFacts, moved: list[int], needed_by_trainin
     keep_out: list[int] = []
     later_uses: set[str] = set(needed_by_training)
     explored: set[str] = set()  # what the statements kept out read
-    defined_before: dict[int, set[str]] = {}
-    acc: set[str] = set()
-    for i in moved:
-        defined_before[i] = set(acc)
-        acc |= facts.statements[i].defines
-    for i in reversed(moved):
+    # A name is defined by a moved statement before the one at position p in `moved` when the
+    # first moved statement that defines it comes earlier (not a copy of the set per statement).
+    first_definer: dict[str, int] = {}
+    for position, i in enumerate(moved):
+        for name in facts.statements[i].defines:
+            first_definer.setdefault(name, position)
+    for position in range(len(moved) - 1, -1, -1):
+        i = moved[position]
         st = facts.statements[i]
         needed = i in training or i in hazard_cuda or i in data_statements or i in rebinds or bool(st.defines & later_uses)
-        looks = bool(st.uses & defined_before[i]) or bool(st.defines & explored)
+        looks = any(first_definer.get(name, position) < position for name in st.uses) or bool(st.defines & explored)
         if needed or not looks:
             later_uses |= outer_reads(st, facts.module)
             continue
@@ -338,10 +380,16 @@ def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_u
     start = min(start_candidates)
     # Hazards before the region join it when they may move.
     early = [i for i in hazards if i < start]
-    region = [
-        st.index for st in facts.statements[start : end + 1]
-        if _in_region(st, facts, start) and (launch is None or st.index != launch.statement)
-    ]
+    # What the statements before each one define, and those of the region before it: grown
+    # statement by statement (recomputing them for each statement is quadratic in its length).
+    earlier: set[str] = set().union(*(st.defines for st in facts.statements[:start]))
+    region_defined: set[str] = set()
+    region = []
+    for st in facts.statements[start : end + 1]:
+        if _in_region(st, facts, earlier, region_defined) and (launch is None or st.index != launch.statement):
+            region.append(st.index)
+        earlier |= st.defines
+        region_defined |= st.defines
     _, stays, _ = _split_exploration(facts, _closure(facts, region, end), set(), set(top_training)) if region else ([], [], set())
     movable_early = _movable_early(facts, early, set(region) - set(stays), allow_unsafe)
     moved = _closure(facts, sorted(set(region) | set(movable_early)), end)
@@ -357,15 +405,14 @@ def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_u
     return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end, copies=copies, anchor=anchor, rebinds=rebinds)
 
 
-def _in_region(st: Statement, facts: NotebookFacts, start: int) -> bool:
+def _in_region(st: Statement, facts: NotebookFacts, earlier: set[str], region_defined: set[str]) -> bool:
     """Inside the region range, everything moves but imports, functions, classes, magics, the
-    Fabric object and constants that bind a new name from names the region does not define."""
+    Fabric object and constants that bind a new name from names the region does not define.
+    `earlier`: what the statements before `st` define; `region_defined`: those of the region."""
     if not is_definition(st, facts):
         return True
     if isinstance(st.node, (cst.FunctionDef, cst.ClassDef)) or not st.defines:
         return False
-    earlier = set().union(*(facts.statements[i].defines for i in range(st.index)))
-    region_defined = set().union(*(facts.statements[i].defines for i in range(start, st.index)))
     imports = any(isinstance(small, (cst.Import, cst.ImportFrom)) for small in getattr(st.node, "body", ()))
     return not imports and bool(st.defines & earlier or st.uses & region_defined)
 
@@ -377,34 +424,55 @@ def _pull_in_read_before_assigned(facts: NotebookFacts, moved: list[int], launch
     otherwise. Returns (moved, copies)."""
     moved = sorted(moved)
     copies: list[int] = []
+    copied: set[int] = set()
     statements = facts.statements
+    data_statements = _data_statements(facts)
+    definers_of: dict[str, list[int]] | None = None  # name -> the statements that define it, in order
+    readers: dict[str, list[int]] | None = None
     for _ in range(len(statements)):
         local = set().union(*(statements[i].defines for i in moved)) if moved else set()
         assigned: set[str] = set()
         problem: set[str] = set()
-        for i in sorted(set(moved) | set(copies)):
+        for i in sorted(set(moved) | copied):
             problem |= (statements[i].uses & local) - assigned
             assigned |= statements[i].defines
+        if not problem:
+            break
+        if definers_of is None:
+            definers_of, readers = {}, _readers(facts)
+            for st in statements:
+                for name in st.defines:
+                    definers_of.setdefault(name, []).append(st.index)
         first = min(moved)
         definers = []
         for name in sorted(problem):
-            d = next((st for st in reversed(statements[:first]) if name in st.defines and st.index not in copies), None)
+            # The last statement before `first` that defines it and is not copied already.
+            indices = definers_of.get(name, [])
+            k = bisect.bisect_left(indices, first) - 1
+            while k >= 0 and indices[k] in copied:
+                k -= 1
+            d = statements[indices[k]] if k >= 0 else None
             if d is None or isinstance(d.node, (cst.FunctionDef, cst.ClassDef)):
                 continue
             definers.append(d)
         if not definers:
             break
         pulling = {d.index for d in definers}
+        moved_set = set(moved)
         for d in definers:
             # Data read after the launch stays at top level (the notebook's own plain copy);
             # anything else read after it comes back from rank 0.
-            data = d.index in _data_statements(facts)
-            readers = [st for st in statements if st.index not in moved and st.index not in pulling and st.index != launch_at
-                       and (st.index < launch_at or data) and st.uses & d.defines]
-            if is_definition(d, facts) or readers:
+            data = d.index in data_statements
+            read = any(
+                j not in moved_set and j not in pulling and j != launch_at and (j < launch_at or data)
+                for name in d.defines for j in readers.get(name, ())
+            )
+            if is_definition(d, facts) or read:
                 copies.append(d.index)
+                copied.add(d.index)
             else:
-                moved = sorted(set(moved) | {d.index})
+                moved_set.add(d.index)
+        moved = sorted(moved_set)
     return moved, sorted(set(copies))
 
 
@@ -449,7 +517,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     data_after = used_after & {n for i in _data_statements(facts) & moved_set for n in statements[i].defines}
     factory = _factory_for(facts, exploration, moved, rebinds, data_after)
     factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
-    kept_data = {n for i in copies if i in _data_statements(facts) for n in statements[i].defines}
+    data_statements = _data_statements(facts)
+    kept_data = {n for i in copies if i in data_statements for n in statements[i].defines}
     come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {fabric_name})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
@@ -488,7 +557,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     factory_done = False
     for i in sorted(set(moved) | set(copies)):
         if i in copies:  # the original stays where it was, with its comments: they travel once
-            train_body.append(statements[i].node.with_changes(leading_lines=[]).visit(on_device))
+            copy = statements[i].node.with_changes(leading_lines=[])
+            train_body.append(_visited(copy, on_device, not on_device.leaves_alone(copy)))
             continue
         if i in factory:
             if not factory_done:
@@ -496,7 +566,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
                 factory_done = True
             continue
         stmt = without_cell_part(statements[i].node)
-        train_body.append(stmt.visit(to_fabric_print).visit(on_device))
+        stmt = _visited(stmt, to_fabric_print, _PrintToFabric.finds(stmt))
+        train_body.append(_visited(stmt, on_device, not on_device.leaves_alone(stmt)))
     if factory and not factory_done:
         train_body.insert(0, cst.parse_statement(factory_call_line))
 
