@@ -131,6 +131,7 @@ class Step:
     fix: Fix
     module: cst.Module  # the module after the fix
     changes: list[tuple[str, object, str]]
+    code: str = ""  # `module.code` (printed once here; printing a large module is not cheap)
 
 
 def next_step(facts: NotebookFacts, options: Options, refused: list[str]) -> Step | None:
@@ -144,13 +145,16 @@ def next_step(facts: NotebookFacts, options: Options, refused: list[str]) -> Ste
         edit = fix.run(facts, options)
         refused.extend(edit.refused)
         new = edit.apply(module)
-        if new is module or new.code == module.code:
+        if new is module:
             continue
-        broken = gate.new_unbound(module.code, new.code)
+        new_code = new.code
+        if new_code == facts.code:
+            continue
+        broken = gate.new_unbound(facts.code, new_code)
         if broken:
-            refused.append(_gate_note(fix, new.code, broken))
+            refused.append(_gate_note(fix, new_code, broken))
             continue
-        return Step(fix, new, edit.changes)
+        return Step(fix, new, edit.changes, new_code)
     return None
 
 
@@ -183,4 +187,4 @@ def fix_module(module: cst.Module, options: Options, max_passes: int = 12) -> It
         if step is None:
             return
         yield step
-        module = cst.parse_module(step.module.code)
+        module = cst.parse_module(step.code)

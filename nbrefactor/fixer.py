@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook
+from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, node_positions
 from nbrefactor.config import Selection
 from nbrefactor.notebook.join import CellBoundaryError
 from nbrefactor.notebook.model import Notebook, read_notebook
@@ -50,24 +50,18 @@ def _one_pass(check: NotebookCheck, options, refused: list[str]):
     step = next_step(check.facts, options, refused)
     if step is None:
         return None, []
-    cell_of = _cell_of_node(check)
-    changes = [Change(code, where + 1 if isinstance(where, int) else cell_of(where), message) for code, where, message in step.changes]
-    return step.module.code, changes
+    cell_of = _cells_of_nodes(check, [where for _, where, _ in step.changes if not isinstance(where, int)])
+    changes = [Change(code, where + 1 if isinstance(where, int) else cell_of[id(where)], message) for code, where, message in step.changes]
+    return step.code, changes
 
 
-def _cell_of_node(check: NotebookCheck):
-    positions = None
-
-    def cell_of(node) -> int:
-        nonlocal positions
-        if positions is None:
-            from libcst.metadata import MetadataWrapper, PositionProvider
-
-            positions = MetadataWrapper(check.module, unsafe_skip_copy=True).resolve(PositionProvider)
-        cell, _ = check.joined.locate(positions[node].start.line)
-        return cell + 1
-
-    return cell_of
+def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
+    """id(node) -> the 1-based cell of each node, positions measured only where the nodes are
+    (`node_positions`), not over the whole module."""
+    if not nodes:
+        return {}
+    positions = node_positions(check.module, nodes)
+    return {id(n): check.joined.locate(positions[n].start.line)[0] + 1 for n in nodes}
 
 
 def _without_leading_blank_lines(sources: dict[int, str], notebook: Notebook) -> dict[int, str]:
@@ -118,7 +112,7 @@ def fix_notebook(
         # What is refused is what the last pass refused: a refusal of an earlier pass may have
         # been lifted by the fixes after it.
         result.refused = list(dict.fromkeys(refused))
-        if new_code is None or new_code == check.module.code:
+        if new_code is None or new_code == check.facts.code:
             break  # `check` describes `current`: its findings are what remains
         try:
             sources = _without_leading_blank_lines(check.joined.split(new_code), current)
