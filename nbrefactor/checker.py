@@ -130,6 +130,7 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     owners = {id(call): st.index for st in facts.statements for call in st.calls}
     positions = node_positions(module, [finding.node for _, finding in findings], owners)
     seen = set()
+    lines_of: dict[int, list[str]] = {}  # cell index -> its lines, split once (not per finding)
     for rule, finding in findings:
         span = positions[finding.node]
         cell_index, row = joined.locate(span.start.line)
@@ -139,7 +140,9 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
         else:
             end_column = span.end.column + 1
         key = (rule.code, cell_index, row, span.start.column)
-        if key in seen or _suppressed(notebook.cells[cell_index].source, row, rule.code):
+        if cell_index not in lines_of:
+            lines_of[cell_index] = notebook.cells[cell_index].source.split("\n")
+        if key in seen or _suppressed(lines_of[cell_index], row, rule.code):
             continue
         seen.add(key)
         result.diagnostics.append(
@@ -185,8 +188,9 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
     for n in nodes:
         if id(n) in owner:
             by_statement.setdefault(owner[id(n)], []).append(n)
+    last = max(by_statement, default=-1)
     for index, stmt in enumerate(module.body):
-        if index > max(by_statement, default=-1):
+        if index > last:
             break
         if index in by_statement:
             alone = module.with_changes(body=[stmt], header=[], footer=[])
@@ -205,9 +209,8 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
     return out
 
 
-def _suppressed(source: str, row: int, code: str) -> bool:
-    """`# noqa` or `# noqa: NBR101, NBR2xx-codes` on the finding's line."""
-    lines = source.split("\n")
+def _suppressed(lines: list[str], row: int, code: str) -> bool:
+    """`# noqa` or `# noqa: NBR101, NBR2xx-codes` on the finding's line (`lines`: the cell's)."""
     if not 1 <= row <= len(lines):
         return False
     m = _NOQA.search(lines[row - 1])
