@@ -31,11 +31,16 @@ DEVICES_FLAG = "--devices N"
 _CELL_NUMBER = re.compile(r"\b(cells?)\s+\d+(?:\s*(?:,|and|-)\s*\d+)*")
 
 
-def _snippet(d: Diagnostic, notebook: Notebook) -> str:
+def _snippet(d: Diagnostic, notebook: Notebook, lines_of: dict[int, list[str]] | None = None) -> str:
     cells = notebook.cells
     if not 1 <= d.cell <= len(cells):
         return ""
-    lines = cells[d.cell - 1].source.split("\n")
+    if lines_of is None:
+        lines = cells[d.cell - 1].source.split("\n")
+    else:  # one split per cell for many findings (a split per finding is quadratic in a big cell)
+        lines = lines_of.get(d.cell)
+        if lines is None:
+            lines = lines_of[d.cell] = cells[d.cell - 1].source.split("\n")
     if not 1 <= d.row <= len(lines):
         return ""
     if d.end_row == d.row:
@@ -45,10 +50,11 @@ def _snippet(d: Diagnostic, notebook: Notebook) -> str:
     return " ".join(text.split())
 
 
-def finding_key(d: Diagnostic, notebook: Notebook) -> tuple[str, str, str]:
-    """What identifies a finding before and after a fix moved its code (see the module doc)."""
+def finding_key(d: Diagnostic, notebook: Notebook, lines_of: dict[int, list[str]] | None = None) -> tuple[str, str, str]:
+    """What identifies a finding before and after a fix moved its code (see the module doc).
+    `lines_of`: a dict to keep the notebook's cells split into lines across calls."""
     message = " ".join(_CELL_NUMBER.sub(r"\1 #", d.message).split())
-    return d.code, message, _snippet(d, notebook)
+    return d.code, message, _snippet(d, notebook, lines_of)
 
 
 def _fixable_rules() -> set[str]:
@@ -63,17 +69,25 @@ def _removed(diagnostics: list[Diagnostic], notebook: Notebook, result) -> list[
     A finding is kept when one with the same key is left; failing that, one with the same code
     and message (another fix may have edited inside the flagged code: `Trainer(strategy="ddp")`
     keeps its NBR402 finding after NBR401's fix)."""
-    left = [finding_key(d, result.after) for d in result.remaining]
-    keys = [finding_key(d, notebook) for d in diagnostics]
+    after_lines: dict[int, list[str]] = {}
+    before_lines: dict[int, list[str]] = {}
+    left = [finding_key(d, result.after, after_lines) for d in result.remaining]
+    keys = [finding_key(d, notebook, before_lines) for d in diagnostics]
     kept = [False] * len(diagnostics)
+    used = [False] * len(left)
+    # Each finding takes the first finding left with its key (then: its code and message) that no
+    # earlier one took: queues by key, not a scan of every finding left per finding.
     for loose in (False, True):
+        queues: dict[tuple, list[int]] = {}
+        for j in range(len(left) - 1, -1, -1):  # reversed, so that pop() gives the first
+            if not used[j]:
+                queues.setdefault(left[j][:2] if loose else left[j], []).append(j)
         for i, key in enumerate(keys):
             if kept[i]:
                 continue
-            for j, other in enumerate(left):
-                if other is not None and (other[:2] == key[:2] if loose else other == key):
-                    kept[i], left[j] = True, None
-                    break
+            queue = queues.get(key[:2] if loose else key)
+            if queue:
+                kept[i] = used[queue.pop()] = True
     return [not k for k in kept]
 
 
@@ -112,10 +126,10 @@ def probe(
         if not result.changed:
             continue
         removed = _removed(diagnostics, notebook, result)
-        for i in list(todo):
+        for i in todo:
             if removed[i]:
                 labels[i] = (applicability, needs)
-                todo.remove(i)
+        todo = [i for i in todo if not removed[i]]
     return labels
 
 
@@ -125,7 +139,8 @@ def label(check, selection: Selection) -> list[Diagnostic]:
     from nbrefactor.checker import reusing_checks
 
     diagnostics = check.diagnostics
-    if not diagnostics or not any(d.code in _fixable_rules() for d in diagnostics):
+    fixable = _fixable_rules()
+    if not diagnostics or not any(d.code in fixable for d in diagnostics):
         return [dataclasses.replace(d, applicability="none") for d in diagnostics]
     notebook = check.notebook
     with reusing_checks(check, selection=selection):
