@@ -237,17 +237,17 @@ def _make_unparsable_cells_opaque(joined: JoinedNotebook) -> None:
         return
     except cst.ParserSyntaxError:
         pass
+    lines = joined.code.split("\n")  # once: a split per cell was quadratic in the number of cells
     for info in joined.cells:
         if info.opaque or info.n_lines == 0:
             continue
         start = info.first_line - 1
-        body = "\n".join(joined.code.split("\n")[start : start + info.n_lines])
+        body = "\n".join(lines[start : start + info.n_lines])
         try:
             cst.parse_module(body + "\n")
         except cst.ParserSyntaxError as err:
             info.opaque, info.parse_error, info.parse_error_line = True, err.message, err.raw_line
     # Rebuild the text without the opaque bodies, keeping every cell's line bookkeeping right.
-    lines = joined.code.split("\n")
     parts: list[str] = []
     line = 1
     for info in joined.cells:
