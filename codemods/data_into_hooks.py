@@ -193,9 +193,19 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
     if used_elsewhere and not allow_unsafe:
         return out  # stays reported: other cells read this data (an unsafe fix)
     kept = {i for i in every_chain if statements[i].defines & used_elsewhere}
-    for i in sorted(every_chain, reverse=True):  # what kept statements read is kept too
-        if any(statements[i].defines & statements[k].uses for k in kept if k > i):
-            kept.add(i)
+    # What kept statements read is kept too: from the last statement back, with what the kept
+    # statements after it read gathered on the way (not every kept statement per statement).
+    first_kept = sorted(kept, reverse=True)
+    read_after: set[str] = set()
+    p = 0
+    for i in sorted(every_chain, reverse=True):
+        while p < len(first_kept) and first_kept[p] > i:
+            read_after |= statements[first_kept[p]].uses
+            p += 1
+        if statements[i].defines & read_after:
+            if i not in kept:
+                kept.add(i)
+                read_after |= statements[i].uses  # kept now, and after every statement still to come
     for model_name, items in per_model.items():
         value = facts.env.get(model_name)
         cls_node = None
@@ -220,7 +230,8 @@ def data_into_hooks(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
                 out.refused.append(f"not rewritten: `{cls_node.name.value}` already defines {', '.join(sorted(clash))}; move the data into it by hand")
                 return _only_refusals(out)
         moved = sorted(set().union(*hooks.values()))
-        shared = {i for i in moved if sum(i in chain for chain in hooks.values()) > 1}
+        chains = [set(chain) for chain in hooks.values()]
+        shared = {i for i in moved if sum(i in chain for chain in chains) > 1}
         shared_names = set().union(*(statements[i].defines for i in shared)) if shared else set()
         to_self = _SelfNames(shared_names)
         no_download = _NoDownload()

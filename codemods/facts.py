@@ -14,6 +14,7 @@ launch, which CUDA they touch, what they return), so `model = build()` with `.cu
 
 from __future__ import annotations
 
+import bisect
 from collections import ChainMap, deque
 from dataclasses import dataclass, field
 
@@ -171,6 +172,7 @@ class NotebookFacts:
     lightning_module_classes: set[str] = field(default_factory=set)  # notebook classes that are LightningModules
     _code: str | None = field(default=None, repr=False, compare=False)  # `module.code`, once printed
     _last_launch: tuple[int, int | None] | None = field(default=None, repr=False, compare=False)
+    _definers: tuple[int, dict[str, list[int]]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def code(self) -> str:
@@ -188,6 +190,21 @@ class NotebookFacts:
 
     def statement_cell(self, index: int) -> int:
         return self.statements[index].cell
+
+    def defined_between(self, name: str, after: int, upto: int) -> bool:
+        """Does a top-level statement with an index in (after, upto] bind `name`? (An index of the
+        statements that bind each name, built once: not a scan of the range per question.)"""
+        if self._definers is None or self._definers[0] != len(self.statements):
+            index: dict[str, list[int]] = {}
+            for st in self.statements:
+                for n in st.defines:
+                    index.setdefault(n, []).append(st.index)
+            self._definers = (len(self.statements), index)
+        indices = self._definers[1].get(name)
+        if not indices:
+            return False
+        k = bisect.bisect_right(indices, after)
+        return k < len(indices) and indices[k] <= upto
 
 
 def qualified_name(expr: cst.BaseExpression, env) -> str | None:
@@ -758,10 +775,13 @@ class _Analysis:
         consumers = [(lp.statement, lp.direct, lp.kind) for lp in facts.launches]
         consumers += [(lp.statement, lp.handed, lp.kind) for lp in facts.launches]
         consumers += [(t.statement, frozenset(facts.statements[t.statement].uses), "Fabric training") for t in facts.training]
+        by_name = data_index(facts.data)  # once, not once per consumer
+        seen: set[int] = set()  # ids of the reached builds (a build is only ever equal to itself here)
         for at, handed, kind in consumers:
-            for build, through in data_chain(facts.data, handed, at + 1):
-                if build not in reached:
+            for build, through in data_chain(facts.data, handed, at + 1, by_name):
+                if id(build) not in seen:
                     build.handed_to, build.through = kind, through
+                    seen.add(id(build))
                     reached.append(build)
         facts.data = sorted(reached, key=lambda d: d.statement)
 
@@ -829,14 +849,24 @@ def runs_before(root: cst.CSTNode, first: cst.CSTNode, then: cst.CSTNode) -> boo
     return na < nb or contains(then, first)
 
 
-def data_chain(builds: list[DataBuild], names, before: int):
-    """The data builds that `names`, read by a statement at index `before`, come from: yields
-    (build, the name it reaches them through). Follows statements, not names: in
-    `ds = split(ds)` the `ds` read is the one built before."""
-    by_name: dict[str, list[DataBuild]] = {}
+def data_index(builds: list[DataBuild]) -> dict[str, tuple[list[DataBuild], list[int]]]:
+    """Name -> (the builds that bind it, in order, and their statements) for `data_chain`."""
+    by_name: dict[str, tuple[list[DataBuild], list[int]]] = {}
     for d in builds:
         for n in d.names:
-            by_name.setdefault(n, []).append(d)
+            found, statements = by_name.setdefault(n, ([], []))
+            found.append(d)
+            statements.append(d.statement)
+    return by_name
+
+
+def data_chain(builds: list[DataBuild], names, before: int, by_name: dict | None = None):
+    """The data builds that `names`, read by a statement at index `before`, come from: yields
+    (build, the name it reaches them through). Follows statements, not names: in
+    `ds = split(ds)` the `ds` read is the one built before. `by_name`: `data_index(builds)`, when
+    the caller asks for many chains."""
+    if by_name is None:
+        by_name = data_index(builds)
     todo = deque((n, None, before) for n in sorted(names))  # sorted, first in first out: stable messages
     seen: set[tuple[str, int]] = set()
     while todo:
@@ -844,10 +874,12 @@ def data_chain(builds: list[DataBuild], names, before: int):
         if (name, limit) in seen:
             continue
         seen.add((name, limit))
-        candidates = [d for d in by_name.get(name, []) if d.statement < limit]
-        if not candidates:
+        found, statements = by_name.get(name, ((), ()))
+        # The last build before `limit` (builds come in statement order): bisected, not filtered.
+        k = bisect.bisect_left(statements, limit)
+        if k == 0:
             continue
-        build = candidates[-1]
+        build = found[k - 1]
         yield build, through
         todo.extend((n, through or name, build.statement) for n in sorted(_names_in(build.node)))
 
@@ -856,7 +888,10 @@ def _cpu_only_calls(if_nodes: list[cst.If]) -> set[int]:
     """Calls that run only when CUDA is absent: the `else` of `if torch.cuda.is_available():`
     (or the body of `if not torch.cuda.is_available():`)."""
     out: set[int] = set()
+    inside: set[int] = set()  # ids of the `if`s in a branch walked already: their calls are in `out`
     for node in if_nodes:
+        if id(node) in inside:
+            continue  # an `elif` chain of probes would otherwise be walked once per `elif`
         test = node.test
         negated = isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
         core = test.expression if negated else test
@@ -867,7 +902,12 @@ def _cpu_only_calls(if_nodes: list[cst.If]) -> set[int]:
         )
         branch = node.body if negated else node.orelse
         if probe and branch is not None:
-            out.update(id(n) for n in walk(branch) if isinstance(n, cst.Call))
+            for n in walk(branch):
+                kind = type(n)
+                if kind is cst.Call:
+                    out.add(id(n))
+                elif kind is cst.If:
+                    inside.add(id(n))
     return out
 
 

@@ -185,6 +185,10 @@ def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
     if any(isinstance(s, cst.FunctionDef) and s.name.value == "on_fit_start" for s in cls_node.body.body):
         return plan, []
     candidates = sorted({u.statement for u in facts.cuda if u.via is None and runs_before_a_launch(facts, u)})
+    readers_of: dict[str, list[int]] = {}  # name -> the statements that read it (not a scan per candidate)
+    for o in facts.statements if candidates else ():
+        for name in o.uses:
+            readers_of.setdefault(name, []).append(o.index)
     moving = []
     for i in candidates:
         st = facts.statements[i]
@@ -194,7 +198,7 @@ def cuda_into_on_fit_start(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
         if any(isinstance(small, (cst.Import, cst.ImportFrom)) for small in node.body):
             continue
         on_module = any(_is_lightning_module(c.func.value, facts) for c in st.calls if isinstance(c.func, cst.Attribute) and c.func.attr.value in ("cuda", "to"))
-        readers = [o for o in facts.statements if o.index != i and o.uses & st.defines]
+        readers = any(j != i for name in st.defines for j in readers_of.get(name, ()))
         if on_module or readers:
             continue
         moving.append(i)

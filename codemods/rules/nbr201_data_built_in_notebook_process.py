@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
 
@@ -163,11 +165,19 @@ run(train_data=loader)
             through = f" through `{build.through}`" if build.through else ""
             names = ", ".join(f"`{n}`" for n in build.names) or "data"
             yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and reaches {where}{through}; build it inside the launched function or a `*_dataloader` hook")
+        launches_of: dict[str, tuple[list, list[int]]] = {}  # name -> the launches handed it, and their statements
+        if facts.datamodule_setups:
+            for lp in facts.launches:  # in statement order
+                for n in lp.handed:
+                    found, statements = launches_of.setdefault(n, ([], []))
+                    found.append(lp)
+                    statements.append(lp.statement)
         for call, name, statement in facts.datamodule_setups:
-            lp = next((lp for lp in facts.launches if name in lp.handed and lp.statement >= statement), None)
-            rebound = lp is not None and any(
-                name in st.defines for st in facts.statements[statement + 1 : lp.statement + 1]
-            )
+            # The first launch handed `name` at or after the set-up (bisected, not a scan per set-up).
+            found, statements = launches_of.get(name, ((), ()))
+            k = bisect.bisect_left(statements, statement)
+            lp = found[k] if k < len(found) else None
+            rebound = lp is not None and facts.defined_between(name, statement, lp.statement)
             if lp is not None and not rebound:
                 method = call.func.attr.value
                 yield Finding(call, f"`{name}.{method}()` loads the data in the notebook process before `{lp.kind}`; let the Trainer call it in each process")

@@ -93,6 +93,6 @@ for fold in range(5):
                 yield Finding(lp.node, f"`{owner}.fit()` runs on every pass of the loop with one Trainer; fork-based strategies cannot fit one Trainer twice: build a new Trainer inside the loop")
                 continue
             previous = last_fit.get(owner)
-            if previous is not None and not any(owner in s.defines for s in facts.statements[previous + 1 : lp.statement + 1]):
+            if previous is not None and not facts.defined_between(owner, previous, lp.statement):
                 yield Finding(lp.node, f"`{owner}.fit()` is called a second time on the same Trainer; with `ddp_notebook` this raises NotImplementedError: build a new Trainer (and pass `ckpt_path=` to resume)")
             last_fit[owner] = lp.statement
