@@ -128,7 +128,7 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     if not findings:
         return result
     owners = {id(call): st.index for st in facts.statements for call in st.calls}
-    positions = node_positions(module, [finding.node for _, finding in findings], owners)
+    positions = node_positions(module, [finding.node for _, finding in findings], owners, joined)
     seen = set()
     lines_of: dict[int, list[str]] = {}  # cell index -> its lines, split once (not per finding)
     for rule, finding in findings:
@@ -164,12 +164,15 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     return result
 
 
-def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[int, int] | None = None) -> dict:
+def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[int, int] | None = None,
+                   joined: JoinedNotebook | None = None) -> dict:
     """Positions (libcst CodeRange, module lines) of `nodes`.
 
     libcst's PositionProvider over a whole notebook costs ~40 ms per 500 lines; positions are only
     needed where there are findings, so each top-level statement that holds one is measured in a
-    module of its own, shifted by the lines before it.
+    module of its own, shifted by the lines before it. With `joined` (what `module` was parsed
+    from), the lines before it are counted from its cell's marker, whose line the join recorded,
+    not by printing every statement before it.
     """
     from codemods.walk import walk
 
@@ -183,30 +186,63 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
                 owner[id(n)] = index
                 wanted.discard(id(n))
     out: dict = {}
-    line = 1 + len(module.header)
     by_statement: dict[int, list[cst.CSTNode]] = {}
     for n in nodes:
         if id(n) in owner:
             by_statement.setdefault(owner[id(n)], []).append(n)
-    last = max(by_statement, default=-1)
-    for index, stmt in enumerate(module.body):
-        if index > last:
-            break
-        if index in by_statement:
-            alone = module.with_changes(body=[stmt], header=[], footer=[])
-            positions = MetadataWrapper(alone, unsafe_skip_copy=True).resolve(PositionProvider)
-            for n in by_statement[index]:
-                span = positions[n]
-                out[n] = type(span)(
-                    type(span.start)(span.start.line + line - 1, span.start.column),
-                    type(span.end)(span.end.line + line - 1, span.end.column),
-                )
-        line += module.code_for_node(stmt).count("\n")
+    markers = _marker_lines(joined)
+    body = module.body
+    line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
+    for index in sorted(by_statement):
+        if markers:  # the nearest statement at or before this one that opens with a cell marker
+            j = index
+            while j > at:
+                start = _marker_start(body[j], markers)
+                if start is not None:
+                    line, at = start, j
+                    break
+                j -= 1
+        while at < index:
+            line += module.code_for_node(body[at]).count("\n")
+            at += 1
+        alone = module.with_changes(body=[body[index]], header=[], footer=[])
+        positions = MetadataWrapper(alone, unsafe_skip_copy=True).resolve(PositionProvider)
+        for n in by_statement[index]:
+            span = positions[n]
+            out[n] = type(span)(
+                type(span.start)(span.start.line + line - 1, span.start.column),
+                type(span.end)(span.end.line + line - 1, span.end.column),
+            )
     for n in nodes:  # anything not inside a statement (never expected): the slow, exact way
         if n not in out:
             out.update(MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider))
             break
     return out
+
+
+def _marker_lines(joined: JoinedNotebook | None) -> dict[int, int] | None:
+    """Cell index -> the module line of its marker, when every marker-like text in the code is one
+    of the join's own markers (a cell may hold a copy of one: then nothing is taken from them)."""
+    from nbrefactor.notebook.join import MARKER_PREFIX
+
+    if joined is None or joined.code.count(MARKER_PREFIX) != len(joined.cells):
+        return None
+    return {c.index: c.first_line - 1 for c in joined.cells}
+
+
+def _marker_start(stmt: cst.CSTNode, markers: dict[int, int]) -> int | None:
+    """The module line where `stmt` starts, when one of its leading lines is a cell marker."""
+    from codemods.cells import NUMBERED_MARKER
+
+    lines = getattr(stmt, "leading_lines", ())
+    for k in range(len(lines) - 1, -1, -1):
+        comment = lines[k].comment
+        if comment is None or lines[k].whitespace.value:
+            continue
+        m = NUMBERED_MARKER.match(comment.value)
+        if m and m.group(1) != "new" and int(m.group(1)) in markers:
+            return markers[int(m.group(1))] - k
+    return None
 
 
 def _suppressed(lines: list[str], row: int, code: str) -> bool:

@@ -60,7 +60,7 @@ def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
     (`node_positions`), not over the whole module."""
     if not nodes:
         return {}
-    positions = node_positions(check.module, nodes)
+    positions = node_positions(check.module, nodes, joined=check.joined)
     return {id(n): check.joined.locate(positions[n].start.line)[0] + 1 for n in nodes}
 
 
