@@ -9,7 +9,8 @@
 (e) the JupyterLab endpoint's latency for a 100-cell notebook (needs jupyter_server)
 
 Machines are noisy: each measurement is repeated and the median is shown; the targets compare
-numbers taken in the same run. Not part of the test suite.
+numbers taken in the same run. Not part of the test suite. How the time grows with a notebook's
+size (cells, lines per cell) is benchmarks/scaling.py's table.
 """
 
 from __future__ import annotations
