@@ -182,17 +182,26 @@ def test_check_non_python_notebook_is_skipped(fetch):
     assert data["diagnostics"] == [] and "not Python" in data["skipped"]
 
 
-def test_work_runs_off_the_event_loop(fetch, monkeypatch):
-    seen = {}
-    real = api.check
+def _where(req):
+    """Work that says where it ran (imported by name in the worker process)."""
+    import os
 
-    def spy(req):
-        seen["thread"] = threading.current_thread().name
-        return real(req)
+    return {"pid": os.getpid(), "parent": os.getppid(), "threads": threading.active_count(), "name": req.name}
 
-    monkeypatch.setattr(api, "check", spy)
-    assert post(fetch, "check", {"notebook": fabric_bad()}).code == 200
-    assert seen["thread"].startswith("nbrefactor") and seen["thread"] != threading.main_thread().name
+
+def test_work_runs_in_a_worker_process(fetch, monkeypatch):
+    """Not in the server process, nor in a fork of it (it has threads): in a process forked by the
+    fork server, one thread."""
+    import os
+
+    from nbrefactor.server.worker import FORK_SERVER
+
+    monkeypatch.setattr(api, "check", _where)
+    r = post(fetch, "check", {"notebook": fabric_bad(), "path": "a/b.ipynb"})
+    assert r.code == 200, r.body
+    data = reply(r)
+    assert data["name"] == "b.ipynb" and data["threads"] == 1
+    assert data["pid"] != os.getpid() and data["parent"] == FORK_SERVER._process.pid
 
 
 def test_path_is_only_a_name(fetch, jp_root_dir):
@@ -248,23 +257,36 @@ def test_fix_clean_notebook_is_unchanged(fetch):
     assert not any(c["changed"] for c in data["cells"])
 
 
-def test_fix_without_fixer_is_501(fetch, monkeypatch):
-    def missing(req):
-        raise NotImplementedError("this nbrefactor has no fixer (nbrefactor.fixer is missing)")
+def _no_fixer(req):
+    raise NotImplementedError("this nbrefactor has no fixer (nbrefactor.fixer is missing)")
 
-    monkeypatch.setattr(api, "fix", missing)
+
+def _broken(req):
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_fix_without_fixer_is_501(fetch, monkeypatch):
+    monkeypatch.setattr(api, "fix", _no_fixer)  # the worker imports the work by its name
     r = post(fetch, "fix", {"notebook": fabric_bad()})
     assert r.code == 501 and "no fixer" in reply(r)["message"]
 
 
-def test_internal_error_is_500_one_line(fetch, monkeypatch):
-    def broken(req):
-        raise RuntimeError("boom\nsecond line")
+def test_internal_error_is_500_one_line(fetch, monkeypatch, jp_serverapp):
+    import io
+    import logging
 
-    monkeypatch.setattr(api, "check", broken)
-    r = post(fetch, "check", {"notebook": fabric_bad()})
+    monkeypatch.setattr(api, "check", _broken)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    jp_serverapp.log.addHandler(handler)
+    try:
+        r = post(fetch, "check", {"notebook": fabric_bad()})
+    finally:
+        jp_serverapp.log.removeHandler(handler)
     assert r.code == 500
     assert reply(r)["message"] == "nbrefactor failed: RuntimeError: boom second line"
+    log = stream.getvalue()  # the worker's traceback reaches the server's log
+    assert "failed in its worker" in log and "Traceback" in log and 'raise RuntimeError("boom' in log
 
 
 # --- bad bodies, size -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Enabled on install by `jupyter-config/jupyter_server_config.d/nbrefactor.json` (
 
 The notebook travels in the request: nothing is read from or written to disk, so the command works
 on the notebook as it is open in Lab (unsaved edits included) and the user saves when they choose.
+The work runs in a worker process per request, with memory and time limits, so that no notebook can
+take the server down (`handlers` lists the limits and their settings, `worker` how it is done).
 Needs the `lab` extra (`jupyter_server`); importing `nbrefactor` itself never imports this package.
 """
 
@@ -24,6 +26,19 @@ def _load_jupyter_server_extension(server_app) -> None:
 
     setup_handlers(server_app.web_app)
     server_app.log.info("nbrefactor: server extension loaded (/nbrefactor/check, /nbrefactor/fix)")
+
+    def warm() -> None:  # start the workers' fork server now, so the first click does not wait for it
+        from nbrefactor.server.worker import FORK_SERVER
+
+        try:
+            if FORK_SERVER.supported():
+                FORK_SERVER.start()
+        except OSError as err:
+            server_app.log.warning("nbrefactor: cannot start its worker processes yet: %s", err)
+
+    from tornado.ioloop import IOLoop
+
+    IOLoop.current().add_callback(warm)
 
 
 # The name jupyter_server used before 2.0; kept so an older server loads the extension too.

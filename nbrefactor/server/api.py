@@ -1,8 +1,8 @@
 """What the HTTP endpoints compute, without HTTP: request body in, reply dict out.
 
-Kept apart from tornado so the logic is plain functions (and runs in a worker thread). Every
-problem with the request becomes a `BadRequest` with a one-line message; the handler turns it into
-a 400 reply.
+Kept apart from tornado so the logic is plain functions (run in a worker process by
+`nbrefactor.server.worker`). Every problem with the request becomes a `BadRequest` with a one-line
+message; the worker turns it (and any `NotebookError`) into a 400 reply.
 """
 
 from __future__ import annotations
