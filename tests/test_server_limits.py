@@ -469,3 +469,38 @@ def test_without_worker_processes_the_work_runs_in_a_thread(jp_fetch, run, monke
     monkeypatch.setattr(api, "check", _where)
     r = run(jp_fetch("nbrefactor", "check", method="POST", body=body_of(small())))
     assert json.loads(r.body) == {"pid": os.getpid()}
+
+
+# --- what a worker answers for each way the work can fail (worker.run, in this process) -------------
+
+
+def _raise_overlimit(req):
+    from nbrefactor.errors import OverLimit
+
+    raise OverLimit(req.name, "skipped: took longer than 1 s\n(raise time-budget)", cell=3)
+
+
+def _recurse(req):
+    def down(n):
+        return down(n + 1) + 1
+
+    return down(0)
+
+
+def _out_of_memory(req):
+    raise MemoryError
+
+
+@pytest.mark.parametrize(
+    "work,header",
+    [
+        ("_raise_overlimit", {"status": 400, "message": "skipped: took longer than 1 s (raise time-budget)"}),
+        ("_recurse", {"status": 400, "limit": "depth"}),
+        ("_out_of_memory", {"status": 413, "limit": "memory"}),
+    ],
+)
+def test_worker_maps_failures_of_the_work(work, header):
+    from nbrefactor.server import worker
+
+    got, payload = worker.run(f"{__name__}:{work}", body_of(small()))
+    assert (got, payload) == (header, b"")
