@@ -230,6 +230,8 @@ def _check_file(path, stdin_filename, selection) -> _FileOutcome:
 
 def internal_error(path, err: BaseException) -> NotebookError:
     """A bug in nbrefactor, as one line for this file (NBREFACTOR_TRACEBACK=1 shows the traceback)."""
+    if isinstance(err, MemoryError):
+        return NotebookError(path, "skipped: out of memory while working on it (too large or too complex for this machine)")
     if os.environ.get("NBREFACTOR_TRACEBACK"):
         import traceback
 

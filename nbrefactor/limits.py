@@ -26,7 +26,7 @@ import ast
 import ctypes
 import sys
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from nbrefactor.errors import NotebookError, OverLimit
 
@@ -195,14 +195,15 @@ class _OutOfTime(BaseException):
     analysis's own `except Exception` cannot swallow it)."""
 
 
-_STACK_BYTES = 512 * MiB  # address space, touched only as deep as the work goes
+_STACK_BYTES = 256 * MiB  # address space, touched only as deep as the work goes
 
 
-def bounded(path: str, work, *args):
+def bounded(path: str, work, *args, in_thread: bool = True):
     """`work(*args)` for the notebook at `path`, within the limits: in a thread whose stack and
     recursion limit fit the nesting limit, stopped when it runs past the time budget. Returns what
-    `work` returns; raises what it raises, `OverLimit` for the budget, and a one-line
-    `NotebookError` for Python's RecursionError/MemoryError."""
+    `work` returns; raises what it raises, `OverLimit` for the budget, and the nesting error for
+    Python's RecursionError. `in_thread=False` works in the calling thread, without a time budget
+    (a process of its own whose limits its parent enforces: the server's workers)."""
     limits = _active
     box: dict = {}
 
@@ -220,19 +221,13 @@ def bounded(path: str, work, *args):
         # would call the cell "not Python". Converting one literal is quadratic in its length,
         # which the line limit bounds.
         sys.set_int_max_str_digits(0 if not limits.line_length else max(limits.line_length, 4300))
-    previous_stack = threading.stack_size()
+    thread = _start(run) if in_thread else None
+    if thread is None:
+        run()
     try:
-        threading.stack_size(_STACK_BYTES)
-    except (ValueError, RuntimeError):  # a platform that will not: the default stack
-        pass
-    try:
-        thread = threading.Thread(target=run, name="nbrefactor-notebook", daemon=True)
-        thread.start()
-    finally:
-        threading.stack_size(previous_stack)
-    try:
-        thread.join(limits.seconds or None)
-        if thread.is_alive():
+        if thread is not None:
+            thread.join(limits.seconds or None)
+        if thread is not None and thread.is_alive():
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_OutOfTime))
             thread.join(5)
             raise OverLimit(path, f"skipped: the work on it ran past the time budget of {limits.seconds:g} s (raise time-budget in [tool.nbrefactor])")
@@ -245,12 +240,20 @@ def bounded(path: str, work, *args):
         return box.get("value")
     if isinstance(err, RecursionError):
         raise too_deep(path, None) from None
-    if isinstance(err, MemoryError):
-        raise NotebookError(path, "skipped: out of memory while working on it (it is too large or too deeply nested for nbrefactor)") from None
-    raise err
+    raise err  # a MemoryError too: the caller knows its memory limit (the CLI, the server's worker)
 
 
-def describe() -> list[tuple[str, str]]:
-    """(key, default) for the README and `--help`."""
-    default = Limits()
-    return [(_KEY_OF[f.name], str(getattr(default, f.name))) for f in fields(Limits)]
+def _start(run) -> threading.Thread | None:
+    previous_stack = threading.stack_size()
+    try:
+        threading.stack_size(_STACK_BYTES)
+    except (ValueError, RuntimeError):  # a platform that will not: the default stack
+        pass
+    thread = threading.Thread(target=run, name="nbrefactor-notebook", daemon=True)
+    try:
+        thread.start()
+    except (RuntimeError, MemoryError):  # no room for the stack: work in the calling thread
+        return None
+    finally:
+        threading.stack_size(previous_stack)
+    return thread

@@ -495,7 +495,7 @@ def _out_of_memory(req):
     "work,header",
     [
         ("_raise_overlimit", {"status": 400, "message": "skipped: took longer than 1 s (raise time-budget)"}),
-        ("_recurse", {"status": 400, "limit": "depth"}),
+        ("_recurse", {"status": 400, "message": "skipped: the code is nested too deeply (deeper than 200 levels; raise max-nesting with the CLI's [tool.nbrefactor]; the server uses the default limits)"}),
         ("_out_of_memory", {"status": 413, "limit": "memory"}),
     ],
 )

@@ -247,7 +247,7 @@ def run(work: str, body: bytes) -> tuple[dict, bytes]:
     dict) on the request `body`: (header, payload). The header's "status" is the HTTP status; a
     200 has the reply JSON as payload, anything else a one-line "message" (and, for a 500, the
     traceback for the server's log)."""
-    from nbrefactor.errors import NotebookError
+    from nbrefactor.errors import NotebookError, OverLimit
     from nbrefactor.server import api
 
     try:
@@ -257,12 +257,22 @@ def run(work: str, body: bytes) -> tuple[dict, bytes]:
             function = getattr(function, part)
         request = api.parse_request(body)
         del body
-        payload = json.dumps(function(request)).encode("utf-8")
+        from dataclasses import replace
+
+        from nbrefactor import limits
+
+        # The CLI's limits and recursion room for max-nesting, in this thread: a thread's start can
+        # itself fail under a tight RLIMIT_AS, and the time and memory limits are the server's.
+        limits.configure(replace(limits.active(), seconds=0))
+        payload = json.dumps(limits.bounded(request.name, function, request, in_thread=False)).encode("utf-8")
         return {"status": 200, "length": len(payload)}, payload
     except api.BadRequest as err:
         return {"status": 400, "message": api._one_line(str(err))}, b""
     except NotebookError as err:
-        return {"status": 400, "message": api._one_line(err.message)}, b""
+        message = err.message
+        if isinstance(err, OverLimit):  # the server reads no pyproject.toml: say what applies here
+            message = message.replace("in [tool.nbrefactor]", "with the CLI's [tool.nbrefactor]; the server uses the default limits")
+        return {"status": 400, "message": api._one_line(message)}, b""
     except NotImplementedError as err:
         return {"status": 501, "message": api._one_line(str(err))}, b""
     except RecursionError:
