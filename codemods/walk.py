@@ -9,6 +9,7 @@ and no reconstruction.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Callable, Iterator
 
 import libcst as cst
@@ -18,7 +19,7 @@ _SKIP = (
     cst.Comment, cst.Comma, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket, cst.RightSquareBracket,
     cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Dot, cst.AssignEqual, cst.Colon, cst.Semicolon,
 )
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[type, Callable[[cst.CSTNode], tuple]] = {}  # type -> all its fields' values at once
 _WANTED: dict[type, bool] = {}  # libcst classes are ABCs: isinstance is slow, so decide once per type
 
 
@@ -30,18 +31,43 @@ def _wanted(value: object) -> bool:
     return known
 
 
+def _fields_of(kind: type, node: cst.CSTNode) -> Callable[[cst.CSTNode], tuple]:
+    names = tuple(f.name for f in dataclasses.fields(node))
+    if len(names) > 1:
+        get = operator.attrgetter(*names)  # one C call for all the fields, in field order
+    elif names:
+        one = operator.attrgetter(names[0])
+
+        def get(n):
+            return (one(n),)
+    else:
+        def get(n):
+            return ()
+    _FIELDS[kind] = get
+    return get
+
+
 def children(node: cst.CSTNode) -> list[cst.CSTNode]:
     """The node's child nodes in source order, without whitespace and punctuation."""
-    names = _FIELDS.get(type(node))
-    if names is None:
-        names = _FIELDS[type(node)] = tuple(f.name for f in dataclasses.fields(node))
+    kind = type(node)
+    get = _FIELDS.get(kind) or _fields_of(kind, node)
+    wanted = _WANTED
     out: list[cst.CSTNode] = []
-    for name in names:
-        value = getattr(node, name)
-        if type(value) in (tuple, list):
-            out.extend(x for x in value if _wanted(x))
-        elif _wanted(value):
-            out.append(value)
+    for value in get(node):
+        t = type(value)
+        if t is tuple or t is list:
+            for x in value:
+                w = wanted.get(type(x))
+                if w is None:
+                    w = _wanted(x)
+                if w:
+                    out.append(x)
+        else:
+            w = wanted.get(t)
+            if w is None:
+                w = _wanted(value)
+            if w:
+                out.append(value)
     return out
 
 

@@ -26,6 +26,7 @@ factory (`make_dataset()`), called once for the notebook and once in each traini
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
 from codemods.facts import NotebookFacts, Statement, qualified_name, target_names
 from codemods.gate import bound_before_read
-from codemods.walk import walk
+from codemods.walk import children
 from codemods.rules.base import runs_before_a_launch
 
 RESULTS_FILE = "train_results.pt"  # in a fresh temporary folder, chosen before the launch
@@ -113,30 +114,47 @@ def _fresh(name: str, taken: set[str]) -> str:
     return candidate
 
 
-class _PrintToFabric(cst.CSTTransformer):
-    """`print(...)` -> `fabric.print(...)`: rank 0 prints, once, as the notebook did."""
+class _PrintToFabric:
+    """`print(...)` -> `fabric.print(...)`: rank 0 prints, once, as the notebook did. Function
+    bodies are left alone (they print where they are called)."""
 
     def __init__(self, fabric: str):
         self.fabric = fabric
         self.count = 0
 
-    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        if isinstance(updated.func, cst.Name) and updated.func.value == "print":
+    def rewrite(self, stmt: cst.CSTNode) -> cst.CSTNode:
+        """`stmt` with its print calls rewritten. Only the nodes on the way to a print call are
+        rebuilt (a libcst visit rebuilds every node, which made moving many statements slow);
+        `stmt` itself comes back when it has none."""
+        on_path: set[int] = set()  # ids of the print calls and of every node above one
+        stack: list[tuple[cst.CSTNode, tuple[int, ...]]] = [(stmt, ())]
+        while stack:
+            node, above = stack.pop()
+            if type(node) is cst.Call and isinstance(node.func, cst.Name) and node.func.value == "print":
+                on_path.add(id(node))
+                on_path.update(above)
+            if not isinstance(node, cst.FunctionDef):
+                inner = (*above, id(node))
+                stack.extend((child, inner) for child in children(node))
+        return self._rebuilt(stmt, on_path) if on_path else stmt
+
+    def _rebuilt(self, node: cst.CSTNode, on_path: set[int]) -> cst.CSTNode:
+        changes = {}
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if type(value) in (tuple, list):
+                new = [self._rebuilt(x, on_path) if id(x) in on_path else x for x in value]
+                if any(a is not b for a, b in zip(new, value)):
+                    changes[f.name] = type(value)(new)
+            elif id(value) in on_path and isinstance(value, cst.CSTNode):
+                new_value = self._rebuilt(value, on_path)
+                if new_value is not value:
+                    changes[f.name] = new_value
+        new = node.with_changes(**changes) if changes else node
+        if type(node) is cst.Call and isinstance(node.func, cst.Name) and node.func.value == "print":
             self.count += 1
-            return updated.with_changes(func=cst.Attribute(cst.Name(self.fabric), cst.Name("print")))
-        return updated
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return False
-
-    @staticmethod
-    def finds(node: cst.CSTNode) -> bool:
-        """Is there a `print(...)` to rewrite in `node` (outside function bodies)? A read-only walk,
-        cheaper than visiting (which rebuilds every node)."""
-        return any(
-            type(n) is cst.Call and isinstance(n.func, cst.Name) and n.func.value == "print"
-            for n in walk(node, enter=lambda n: not isinstance(n, cst.FunctionDef))
-        )
+            new = new.with_changes(func=cst.Attribute(cst.Name(self.fabric), cst.Name("print")))
+        return new
 
 
 def _visited(stmt: cst.BaseStatement, transformer: cst.CSTTransformer, needed: bool) -> cst.BaseStatement:
@@ -566,7 +584,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
                 factory_done = True
             continue
         stmt = without_cell_part(statements[i].node)
-        stmt = _visited(stmt, to_fabric_print, _PrintToFabric.finds(stmt))
+        stmt = to_fabric_print.rewrite(stmt)
         train_body.append(_visited(stmt, on_device, not on_device.leaves_alone(stmt)))
     if factory and not factory_done:
         train_body.insert(0, cst.parse_statement(factory_call_line))
