@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, node_positions
+from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, node_positions
 from nbrefactor.config import Selection
 from nbrefactor.notebook.join import CellBoundaryError
 from nbrefactor.notebook.model import Notebook, read_notebook
@@ -96,6 +96,11 @@ def fix_notebook(
     devices: int | None = None,
     selection: Selection = Selection(),
 ) -> FixResult:
+    with collector_paused(notebook):
+        return _fix_notebook(notebook, unsafe_fixes, devices, selection)
+
+
+def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, selection: Selection) -> FixResult:
     result = FixResult(notebook.path, notebook.raw, notebook.raw, before=notebook)
     current = notebook
     origin = [c.number for c in notebook.cells]  # current cell index -> number in the original

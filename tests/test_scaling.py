@@ -78,3 +78,24 @@ def test_work_grows_linearly_with_the_notebook(shape):
     assert not worst, f"{shape}: work grows faster than the notebook ({GROWTH}x larger):\n" + "\n".join(worst[:10])
     assert large_seconds < MAX_TIME_RATIO * small_seconds, (
         f"{shape}: {GROWTH}x larger took {large_seconds / small_seconds:.1f}x the CPU time ({small_seconds:.2f} s -> {large_seconds:.2f} s)")
+
+
+def test_the_collector_is_paused_during_the_work_and_runs_again_after(monkeypatch):
+    import gc
+
+    from nbrefactor import checker
+
+    monkeypatch.setattr(checker, "PAUSE_COLLECTOR_FROM", 0)  # a small notebook counts as large
+    during = []
+    analyse = checker._check_notebook
+    monkeypatch.setattr(checker, "_check_notebook", lambda nb, selection: (during.append(gc.isenabled()), analyse(nb, selection))[1])
+    text = SHAPES["cells"][1](3)
+    fix_notebook(read_notebook("scaling.ipynb", text.encode("utf-8")), unsafe_fixes=True)
+    assert during and not any(during)
+    assert gc.isenabled()
+    gc.disable()  # a caller that runs without the collector keeps it off
+    try:
+        fix_notebook(read_notebook("scaling.ipynb", text.encode("utf-8")), unsafe_fixes=True)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
