@@ -98,8 +98,8 @@ def cases() -> list[Case]:
     # Size in cells: linear, so the 20,000-cell notebook is a matter of seconds.
     many = ["import torch\n" + FABRIC + "fabric.launch()\n"] + [f"x{i} = {i}\nprint(x{i})\n" for i in range(20000)] + [TRAIN]
     files = {"cells_20000.ipynb": _nb(*many)}
-    out.append(Case("cells_20000/check", ("check", "{path}"), files, exit=(1,), seconds=60, megabytes=1500))
-    out.append(Case("cells_20000/fix", ("fix", "--unsafe-fixes", "{path}"), files, exit=(0, 1), seconds=120, megabytes=2500))
+    out.append(Case("cells_20000/check", ("check", "{path}"), files, exit=(1,), seconds=150, megabytes=2000))
+    out.append(Case("cells_20000/fix", ("fix", "--unsafe-fixes", "{path}"), files, exit=(0, 1), seconds=150, megabytes=2500))
     over = {"cells_120000.ipynb": _nb(*(["import lightning\n"] + ["x = 1\n"] * 120000))}
     out.append(Case("cells_120000/check", ("check", "{path}"), over, seconds=60, megabytes=2500, **too_large))
 
