@@ -44,12 +44,13 @@ class _NotebookCommand(CodemodCommand):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         only = None if self.FIXES_USED is None else frozenset(self.FIXES_USED)
-        current = tree
+        before = tree.code
+        after = before
         for step in fix_module(tree, Options(unsafe_fixes=self.unsafe_fixes, only=only)):
-            current = step.module
-        if current.code == tree.code:
+            after = step.code  # printed once by the step (printing a large module is not cheap)
+        if after == before:
             raise SkipFile("nothing to fix")
-        return cst.parse_module(_drop_empty_cells(current.code, tree.code))
+        return cst.parse_module(_drop_empty_cells(after, before))
 
 
 class NotebookStrategyCommand(_NotebookCommand):
