@@ -116,11 +116,11 @@ def main() -> None:
           f"median of {args.repeat} run(s); start-up (`check` on a one-cell notebook) {startup:.2f} s")
     print()
     ruff_shown = any(r["ruff"] is not None for r in rows)
-    print("| shape | size | command | seconds | peak MiB | s per 1k (less start-up) |" + (" ruff check s | x ruff |" if ruff_shown else ""))
-    print("| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: | ---: |" if ruff_shown else ""))
+    print("| shape | size | command | exit | seconds | peak MiB | s per 1k (less start-up) |" + (" ruff check s | x ruff |" if ruff_shown else ""))
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ruff_shown else ""))
     for r in rows:
         per_1k = max(r["seconds"] - startup, 0.0) / r["size"] * 1000
-        line = f"| {r['shape']} | {r['size']:,} | {r['command']} | {r['seconds']:.2f} | {r['peak']:.0f} | {per_1k:.3f} |"
+        line = f"| {r['shape']} | {r['size']:,} | {r['command']} | {r['exit']} | {r['seconds']:.2f} | {r['peak']:.0f} | {per_1k:.3f} |"
         if ruff_shown:
             line += f" {r['ruff']:.2f} | {r['seconds'] / r['ruff']:.0f}x |" if r["ruff"] else " | |"
         print(line)
@@ -132,6 +132,8 @@ def main() -> None:
             if len(per) > 1:
                 print(f"{shape}, {command}: time per 1k from {series[0]['size']:,} to {series[-1]['size']:,} grows {per[-1] / per[0]:.2f}x "
                       f"(1.00x: linear)")
+    if any(r["exit"] not in (0, 1) for r in rows):
+        print("exit 2: nbrefactor gave up on the notebook (a limit, or the time budget): its seconds are not the work's")
     if not ruff_shown:
         print("ruff not installed: no ratio column")
 
