@@ -103,7 +103,7 @@ def check_cells(path: str, cells) -> None:
             continue
         source = cell.source
         if limits.cell_lines:
-            n = source.count("\n") + 1
+            n = source.count("\n") + (not source.endswith("\n"))  # "a\nb\n" is two lines
             if n > limits.cell_lines:
                 raise OverLimit(path, _over("the cell has", f"{n:,} lines", "cell_lines", limits.cell_lines), cell=cell.index + 1)
         if limits.line_length and len(source) > limits.line_length:
