@@ -166,7 +166,7 @@ class Outcome:
 
 def run(case: Case, folder: Path, hard_seconds: float | None = None) -> Outcome:
     """The case through the real CLI in a child process; wall time and the peak RSS of the child
-    and the workers it waited for. A hard limit (the case's ceiling x 3 by default) kills it."""
+    (VmHWM, sampled every 10 ms). A hard limit (the case's ceiling x 3 by default) kills it."""
     path = generate(folder, case)
     args = [a.replace("{path}", str(path)).replace("{dir}", str(folder)) for a in case.command]
     watched = [Path(str(u).replace("{path}", str(path))) for u in case.unchanged]
@@ -186,24 +186,38 @@ def run(case: Case, folder: Path, hard_seconds: float | None = None) -> Outcome:
     for r in readers:
         r.start()
     deadline = start + (hard_seconds or float(os.environ.get("HOSTILE_HARD_SECONDS", case.seconds * 3)))
-    code, usage = None, None
-    while True:  # os.wait4: this child's own peak memory (with the workers it waited for)
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    code, peak = None, 0
+    while True:
+        # The peak of this run's own memory: VmHWM of the running program. (The rusage of wait4
+        # would count the RSS of this harness, which the child's memory map starts as.)
+        peak = max(peak, _high_water_kib(proc.pid))
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             code = os.waitstatus_to_exitcode(status)
             break
         if time.perf_counter() > deadline:
             proc.kill()
-            _, _, usage = os.wait4(proc.pid, 0)
+            os.wait4(proc.pid, 0)
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.returncode = code if code is not None else -9
     seconds = time.perf_counter() - start
     for r in readers:
         r.join(10)
     out, err = streams.get("out", b""), streams.get("err", b"")
     changed = [str(p) for p, b in before.items() if not p.is_file() or p.read_bytes() != b]
-    return Outcome(code, seconds, usage.ru_maxrss / 1024, out.decode(errors="replace"), err.decode(errors="replace"), changed)
+    return Outcome(code, seconds, peak / 1024, out.decode(errors="replace"), err.decode(errors="replace"), changed)
+
+
+def _high_water_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main() -> None:
