@@ -170,7 +170,7 @@ def bench_endpoint(repeat: int) -> list[tuple[str, str, str, str]]:
                                              headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
                 t = time.perf_counter()
                 urllib.request.urlopen(req, timeout=30).read()
-                if i >= 2:  # the first requests warm the worker thread and imports
+                if i >= 2:  # the first requests start the fork server (its imports, its warm-up)
                     times.append(time.perf_counter() - t)
             times.sort()
             p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95) - 1]
