@@ -23,7 +23,6 @@ the same one-line error. A limit of 0 switches that limit off.
 from __future__ import annotations
 
 import ast
-import ctypes
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -228,6 +227,8 @@ def bounded(path: str, work, *args, in_thread: bool = True):
         if thread is not None:
             thread.join(limits.seconds or None)
         if thread is not None and thread.is_alive():
+            import ctypes  # only to stop a thread that ran past the budget
+
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_OutOfTime))
             thread.join(5)
             raise OverLimit(path, f"skipped: the work on it ran past the time budget of {limits.seconds:g} s (raise time-budget in [tool.nbrefactor])")
