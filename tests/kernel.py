@@ -17,6 +17,7 @@ def run_notebook(path: Path, workdir: Path, env: dict[str, str] | None = None, t
     import nbformat
 
     nb = nbformat.reads(Path(path).read_text(encoding="utf-8"), as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(WHOLE_LINES_CELL))
     saved = dict(os.environ)
     os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})})
     try:
@@ -31,6 +32,38 @@ def run_notebook(path: Path, workdir: Path, env: dict[str, str] | None = None, t
             if out.get("output_type") == "stream" and out.get("name") in streams:
                 streams[out["name"]] += out["text"]
     return [line for line in streams["stdout"].splitlines() if line.strip()], streams["stderr"]
+
+
+# A forked process's output reaches the kernel over a new connection per write (ipykernel's
+# `_really_send` in a child), so the writes of one `print` ("epoch", " ", "1", ...) can arrive in any
+# order. Test harness, not part of a case: every line is written whole, so a line arrives whole.
+WHOLE_LINES_CELL = """\
+import sys as _sys
+
+
+class _WholeLines:
+    def __init__(self, stream):
+        self._stream, self._pending = stream, ""
+
+    def write(self, text):
+        self._pending += text
+        if "\\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\\n")
+            self._stream.write(done + "\\n")
+        return len(text)
+
+    def flush(self):
+        if self._pending:
+            self._stream.write(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+_sys.stdout = _WholeLines(_sys.stdout)
+"""
 
 
 def single_process_env() -> dict[str, str]:

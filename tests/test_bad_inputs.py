@@ -184,7 +184,7 @@ def test_limits_come_from_pyproject_and_name_the_key_to_raise(tmp_path):
     assert "3 cells (at most 2; raise max-cells in [tool.nbrefactor])" in line
     (tmp_path / "long.ipynb").write_text(_notebook_with(FINDING + "a = 1\nb = 2\n"))
     line = _one_line_error(run_cli("fix", "long.ipynb", cwd=tmp_path), "long.ipynb:cell 1")
-    assert "5 lines (at most 3; raise max-cell-lines" in line
+    assert "4 lines (at most 3; raise max-cell-lines" in line
     (tmp_path / "pyproject.toml").write_text("[tool.nbrefactor]\nmax-cells = 0\nmax-cell-lines = 0\n")  # 0: no limit
     assert run_cli("check", "many.ipynb", "long.ipynb", cwd=tmp_path).returncode == 1
 
