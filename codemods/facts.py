@@ -645,7 +645,17 @@ class _Analysis:
         return facts
 
     def statement(self, st: Statement) -> None:
-        facts, env, node = self.facts, self.env, st.node
+        if N.is_main_guard(st.node):
+            # A kernel runs the body of `if __name__ == "__main__":` as top-level code, in order.
+            for inner in N.guarded_statements(st.node):
+                self.run_node(st, inner, scan(inner).calls)
+            return
+        self.run_node(st, st.node, st.calls)
+
+    def run_node(self, st: Statement, node: cst.CSTNode, calls: list[cst.Call]) -> None:
+        """What the notebook process does when it runs `node` (statement `st`, or a statement
+        inside its `__main__` guard): imports, then the calls in order, then the bindings."""
+        facts, env = self.facts, self.env
         # Imports first, so names resolve in the statement that binds them (also imports inside a
         # top-level `try:` or `if`, the usual "install if missing" cell).
         if isinstance(node, cst.SimpleStatementLine):
@@ -665,7 +675,7 @@ class _Analysis:
                     for t in small.targets:
                         if isinstance(t.target, cst.Subscript) and "PYTORCH_NVML_BASED_CUDA_CHECK" in self.module.code_for_node(t.target):
                             facts.lightning_import = st.index
-        for call in st.calls:
+        for call in calls:
             self.one_call(call, st, env)
         if isinstance(node, cst.FunctionDef):
             env[node.name.value] = Value("function", None, node)

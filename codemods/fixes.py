@@ -8,8 +8,9 @@ before and after it: a fix that leaves a name unbound where the kernel reads it 
 note naming the cell, line and name, and the other fixes still get their turn (the refused one is
 tried again once another fix has changed the notebook).
 
-The order: one-call rewrites first (strategy, devices, checkpoints and `.cuda()` around a Trainer,
-the import order), then the structural ones (the Fabric training region, CUDA into `on_fit_start`,
+The order: a `__main__` guard around code another fix rewrites is unwrapped first; then one-call
+rewrites (strategy, devices, checkpoints and `.cuda()` around a Trainer, the import order), then
+the structural ones (the Fabric training region, CUDA into `on_fit_start`,
 data into the dataloader hooks).
 """
 
@@ -71,6 +72,13 @@ class Fix:
 # The fixes
 
 
+def _main_guard(facts: NotebookFacts, options: Options) -> Edit:
+    from codemods.main_guard import unwrap_main_guard
+
+    plan, changes, refused = unwrap_main_guard(facts)
+    return Edit(changes, plan=plan, refused=refused)
+
+
 def _strategies(facts: NotebookFacts, options: Options) -> Edit:
     replacements, changes = local_fixes.notebook_strategies(facts)
     return Edit(changes, replacements)
@@ -112,6 +120,7 @@ def _data_into_hooks(facts: NotebookFacts, options: Options) -> Edit:
 
 
 FIXES: tuple[Fix, ...] = (
+    Fix("unwrap the __main__ guard", ("NBR101", "NBR201", "NBR301", "NBR302"), unsafe=False, run=_main_guard),
     Fix("notebook strategy", ("NBR401",), unsafe=False, run=_strategies),
     Fix("explicit devices", ("NBR402",), unsafe=False, run=_devices, needs_devices=True),
     Fix("CUDA around fit", ("NBR101",), unsafe=True, run=_cuda_around_fit),

@@ -148,3 +148,25 @@ def call_arg(call: cst.Call, keyword: str, position: int | None = None) -> cst.A
 
 def has_star_args(call: cst.Call) -> bool:
     return any(a.star for a in call.args)
+
+
+def is_main_guard(node: cst.CSTNode) -> bool:
+    """`if __name__ == "__main__":` (either side), with no `elif`/`else`: in a kernel `__name__` is
+    "__main__", so its body is top-level code that always runs."""
+    if not isinstance(node, cst.If) or node.orelse is not None:
+        return False
+    test = node.test
+    if not isinstance(test, cst.Comparison) or len(test.comparisons) != 1:
+        return False
+    target = test.comparisons[0]
+    if not isinstance(target.operator, cst.Equal):
+        return False
+    sides = (test.left, target.comparator)
+    return any(isinstance(a, cst.Name) and a.value == "__name__" and string_value(b) == "__main__" for a, b in (sides, sides[::-1]))
+
+
+def guarded_statements(node: cst.If) -> list[cst.BaseStatement]:
+    """The statements of a guard's body, as top-level statements (a one-line body becomes a line)."""
+    if isinstance(node.body, cst.SimpleStatementSuite):
+        return [cst.SimpleStatementLine(body=node.body.body)]
+    return list(node.body.body)

@@ -81,6 +81,15 @@ fabric.launch(train())
             at=(1, 3, 1),
             message_contains="result",
         ),
+        Invalid(  # a kernel runs a `__main__` guard's body: it is top-level code
+            """
+import lightning as L
+if __name__ == "__main__":
+    fabric = L.Fabric(accelerator="cuda", devices=2)
+    fabric.launch()
+""",
+            at=(1, 4, 5),
+        ),
     ]
 
     def check(self, facts):
