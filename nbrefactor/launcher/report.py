@@ -5,7 +5,10 @@ A failure is placed by the best witness there is, in this order: the tracer (the
 that touched CUDA, for failures that come from CUDA in the notebook process), the forked child's own
 traceback (the line in the training function), the notebook process's traceback, the running cell.
 The rule comes from the error text (Lightning's and torch's messages, research-lightning.md 2.5) or
-from the fork probe; the static check's findings for that rule are shown beside it.
+from the fork probe; the static check's findings for that rule are shown beside it. Without a rule,
+only findings that could have caused the failure are offered as explaining it (`related_findings`):
+in the failing cell, or of a rule family about this kind of failure; an NBR5xx finding in a cell
+that failed after a launch explains it outright. The other findings follow, said to be unrelated.
 """
 
 from __future__ import annotations
@@ -283,12 +286,137 @@ def _failure(result: RunResult, launches: list[dict], cuda: dict, findings: list
     elif result.outcome == "kernel died":
         failure.update(exception="DeadKernelError", message=f"the kernel died while running cell {running_cell}", kernel_log=result.kernel_log[-2000:])
     failure["rule"] = _rule(code)
-    if code:
-        family = RULE_FAMILY.get(code, (code,))
-        failure["matching_findings"] = [finding_dict(d) for d in findings if d.code in family or d.code == code]
-    elif findings:
-        failure["matching_findings"] = [finding_dict(d) for d in findings]
+    family = RULE_FAMILY.get(code, (code,)) if code else None
+    facts = failure_facts(failure, launches, family=family)
+    failure["matching_findings"] = related_findings([finding_dict(d) for d in findings], facts)
+    failure["explained_by"] = explaining_finding(failure["matching_findings"], facts)
     return failure
+
+
+# -- which static findings can explain a failure ----------------------------------------------
+#
+# A finding is shown beside a failure only when it could have caused it: it is in the failing cell,
+# or its rule's family is about this kind of failure (NBR1xx/NBR2xx/NBR4xx: a forked process failed,
+# crashed or hung; NBR3xx/NBR4xx: the launch call itself raised; NBR5xx: a cell after a launch read
+# state the training processes never handed back). A finding in a cell after the running cell never
+# ran, and no rule is about a missing module, a syntax error or a stop asked for.
+
+# no rule is about these: a missing package, a typo, a stop asked for (a NameError only through a
+# finding that names the missing name)
+UNEXPLAINED = frozenset(
+    {"ModuleNotFoundError", "ImportError", "SyntaxError", "IndentationError", "TabError", "KeyboardInterrupt", "NameError", "UnboundLocalError"}
+)
+# what reading state the training processes never handed back looks like (NBR5xx)
+STATE_ERRORS = frozenset(
+    {
+        "FileNotFoundError", "NotADirectoryError", "OSError", "IndexError", "KeyError", "LookupError", "ValueError",
+        "AttributeError", "ZeroDivisionError", "TypeError", "AssertionError", "StopIteration", "RuntimeError",
+    }
+)
+FAMILIES = {
+    "in launch": ("NBR1", "NBR2", "NBR4"),  # a forked process failed, crashed or hung
+    "launch error": ("NBR3", "NBR4"),  # the launch call raised before any process started
+    "after launch": ("NBR5",),  # a cell after a launch that returned
+    "notebook": (),  # no launch involved: only the failing cell's own findings
+}
+
+
+@dataclass(frozen=True)
+class FailureFacts:
+    """What the choice of findings needs to know about a failure."""
+
+    exception: str | None  # the innermost exception's type: the forked process's, else the notebook's
+    message: str
+    cell: int | None  # where the failure is placed (a traceback's cell, the tracer's...)
+    line: int | None
+    running_cell: int | None  # the cell that was running; later cells never ran
+    stage: str  # a key of FAMILIES
+    family: tuple[str, ...] | None = None  # the codes the error text named (KNOWN); then only these
+
+
+def failure_facts(failure: dict, launches: list[dict], family: tuple[str, ...] | None = None) -> FailureFacts:
+    child = failure.get("child")
+    return FailureFacts(
+        exception=(child or {}).get("exception") or failure.get("exception"),
+        message=(child or {}).get("message") or failure.get("message") or "",
+        cell=failure.get("cell"),
+        line=failure.get("line"),
+        running_cell=failure.get("running_cell"),
+        stage=_stage(failure, launches),
+        family=family,
+    )
+
+
+def _stage(failure: dict, launches: list[dict]) -> str:
+    """Where the failure happened with respect to the launches: in one, at one, after one, or none."""
+    if failure.get("child"):
+        return "in launch"
+    cell = failure.get("running_cell")
+    if cell is None:  # no cell failed: a launch did not bring all its ranks home
+        return "in launch" if any(lau["ranks_done"] < (lau["processes"] or 0) for lau in launches) else "notebook"
+    here = [lau for lau in launches if lau["cell"] == cell and lau["status"] != "returned"]
+    if here:
+        # raised before any process started: the launch call itself; else a process failed, crashed or hung
+        return "launch error" if here[-1]["status"] == "raised" and not here[-1]["ranks_started"] else "in launch"
+    if any(lau["status"] == "returned" and lau["cell"] is not None and lau["cell"] <= cell for lau in launches):
+        return "after launch"
+    return "notebook"
+
+
+def relatedness(finding: dict, facts: FailureFacts) -> int | None:
+    """How well a finding (a `finding_dict`) can explain the failure: 0 on the failing line, 1 in the
+    failing cell, 2 by its rule's family alone; None when it cannot explain it."""
+    cell = finding["cell"]
+    if facts.running_cell is not None and cell is not None and cell > facts.running_cell:
+        return None  # that cell never ran
+    close = _closeness(finding, facts)
+    if facts.family is not None:
+        return close if finding["code"] in facts.family else None
+    if facts.exception in UNEXPLAINED:
+        name = _missing_name(facts)
+        return close if name and re.search(rf"(?<![\w.]){re.escape(name)}\b", finding["message"]) else None
+    if close < 2:
+        return close
+    if not finding["code"].startswith(FAMILIES[facts.stage]):
+        return None
+    if facts.stage == "after launch" and facts.exception not in STATE_ERRORS:
+        return None
+    return close
+
+
+def related_findings(findings: list[dict], facts: FailureFacts) -> list[dict]:
+    """The findings that can explain the failure, the closest first (then in notebook order)."""
+    scored = [(score, i) for i, d in enumerate(findings) if (score := relatedness(d, facts)) is not None]
+    return [findings[i] for _, i in sorted(scored)]
+
+
+def explaining_finding(related: list[dict], facts: FailureFacts) -> dict | None:
+    """An NBR5xx finding in the failing cell explains a failure after a launch by itself (the error
+    text names no rule: reading a stale log dir is a FileNotFoundError like any other)."""
+    if facts.family is not None or not related:
+        return None
+    best = related[0]
+    close = _closeness(best, facts)
+    if best["code"].startswith("NBR5") and close < 2 and (facts.stage == "after launch" or close == 0):
+        return best
+    return None
+
+
+def _closeness(finding: dict, facts: FailureFacts) -> int:
+    cell, row = finding["cell"], (finding.get("location") or {}).get("row")
+    if cell is not None and cell == facts.cell and facts.line is not None and row == facts.line:
+        return 0
+    if cell is not None and cell in (facts.cell, facts.running_cell):
+        return 1
+    return 2
+
+
+def _missing_name(facts: FailureFacts) -> str | None:
+    """`x` of `NameError: name 'x' is not defined` (or an unbound local)."""
+    if facts.exception not in ("NameError", "UnboundLocalError"):
+        return None
+    m = re.search(r"(?:name|variable) '([A-Za-z_][\w]*)'", facts.message)
+    return m.group(1) if m else None
 
 
 def _in_notebook_process_failure(known: Known, child: dict | None) -> bool:
@@ -406,6 +534,10 @@ def _verdict_lines(report: dict) -> list[str]:
     else:
         head = f"{f.get('exception') or 'failed'}: {_first_line(f.get('message'))}"
     out.append(f"FAIL: {where}: {head}")
+    explained = f.get("explained_by")
+    if explained:
+        out.append(f"  the static check explains it: {explained['text']}")
+        out.append(f"  see: nbrefactor rules {explained['code']}")
     if f.get("code"):
         out.append(f"  {f['code']}")
     if f.get("called_from"):
@@ -433,11 +565,28 @@ def _verdict_lines(report: dict) -> list[str]:
         out.append(f"  hint: {f['hint']}")
     if rule:
         out.append(f"  see: nbrefactor rules {rule['code']}")
-    if f["matching_findings"]:
+    shown = {d["text"] for d in f["matching_findings"]} | ({explained["text"]} if explained else set())
+    matching = [d for d in f["matching_findings"] if not explained or d["text"] != explained["text"]]
+    if matching:
         label = "the static check agrees" if rule else "the static check found (may explain it)"
         out.append(f"  {label}:")
-        out.extend(f"    {d['text']}" for d in f["matching_findings"])
+        out.extend(f"    {d['text']}" for d in matching)
+    out.extend(_other_findings([d for d in report.get("static_findings", []) if d["text"] not in shown]))
     out.append(f"  {clean}")
+    return out
+
+
+OTHER_FINDINGS_SHOWN = 5
+
+
+def _other_findings(others: list[dict]) -> list[str]:
+    """The findings that cannot explain this failure, after it and said so: worth fixing, not the cause."""
+    if not others:
+        return []
+    out = ["  other findings of the static check (not related to this failure):"]
+    out.extend(f"    {d['text']}" for d in others[:OTHER_FINDINGS_SHOWN])
+    if len(others) > OTHER_FINDINGS_SHOWN:
+        out.append(f"    ... and {len(others) - OTHER_FINDINGS_SHOWN} more (`nbrefactor check`)")
     return out
 
 
