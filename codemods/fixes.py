@@ -24,6 +24,7 @@ import libcst as cst
 from codemods import gate, local_fixes
 from codemods.cells import BodyPlan, cell_after, rebuild
 from codemods.facts import NotebookFacts, analyse
+from codemods.tuner import tuner_fix
 
 @dataclass(frozen=True)
 class Options:
@@ -79,6 +80,13 @@ def _main_guard(facts: NotebookFacts, options: Options) -> Edit:
     return Edit(changes, plan=plan, refused=refused)
 
 
+def _logger_version(facts: NotebookFacts, options: Options) -> Edit:
+    from codemods.hand_back import choose_logger_version
+
+    plan, changes = choose_logger_version(facts)
+    return Edit(changes, plan=plan)
+
+
 def _strategies(facts: NotebookFacts, options: Options) -> Edit:
     replacements, changes = local_fixes.notebook_strategies(facts)
     return Edit(changes, replacements)
@@ -128,6 +136,8 @@ FIXES: tuple[Fix, ...] = (
     Fix("training into train(fabric)", ("NBR301", "NBR302", "NBR201", "NBR101"), unsafe=False, run=_wrap_training),
     Fix("CUDA into on_fit_start", ("NBR101",), unsafe=True, run=_cuda_into_on_fit_start),
     Fix("data into the dataloader hooks", ("NBR201",), unsafe=False, run=_data_into_hooks),
+    Fix("logger version before the launch", ("NBR501",), unsafe=False, run=_logger_version),
+    Fix("tuning on one CPU process", ("NBR503",), unsafe=True, run=tuner_fix),
 )
 
 

@@ -12,6 +12,8 @@ from codemods.rules.nbr302_training_at_top_level import TrainingAtTopLevel
 from codemods.rules.nbr303_fit_twice_on_one_trainer import FitTwiceOnOneTrainer
 from codemods.rules.nbr401_strategy_not_notebook_compatible import StrategyNotNotebookCompatible
 from codemods.rules.nbr402_devices_auto_in_notebook import DevicesAutoInNotebook
+from codemods.rules.nbr501_logger_version_after_launch import LoggerVersionAfterLaunch
+from codemods.rules.nbr503_tuner_with_forking_strategy import TunerWithForkingStrategy
 
 ALL_RULES: tuple[type[Rule], ...] = (
     CudaInitializedBeforeLaunch,
@@ -22,6 +24,8 @@ ALL_RULES: tuple[type[Rule], ...] = (
     FitTwiceOnOneTrainer,
     StrategyNotNotebookCompatible,
     DevicesAutoInNotebook,
+    LoggerVersionAfterLaunch,
+    TunerWithForkingStrategy,
 )
 RULES_BY_CODE = {r.code: r for r in ALL_RULES}
 
