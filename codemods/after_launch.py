@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from codemods import names as N
-from codemods.facts import NotebookFacts, qualified_name
-from codemods.walk import walk
+from codemods.facts import NotebookFacts, qualified_name, scan
+from codemods.walk import children, walk
 
 VERSIONED_LOGGERS = {
     "lightning.pytorch.loggers.CSVLogger",
@@ -144,3 +144,211 @@ def logger_reads(facts: NotebookFacts) -> list[LoggerRead]:
             if chosen_at[logger.key] > launch:
                 reads.append(LoggerRead(node, st.index, launch, logger, through))
     return reads
+
+
+# ---------------------------------------------------------------------------------------------
+# NBR502: state the training processes change and the notebook reads afterwards
+
+CALLBACK = "lightning.pytorch.Callback"
+CALLBACK_BASES = {CALLBACK, "lightning.pytorch.callbacks.Callback", "lightning.pytorch.callbacks.callback.Callback"}
+MUTATING_METHODS = {
+    "append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem", "remove", "clear",
+    "discard", "appendleft", "extendleft",
+}
+NOT_IN_TRAINING = {"__init__", "forward", "__repr__", "__str__"}  # methods the notebook itself calls
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """`history.append(...)` (a notebook global) or `self.losses.append(...)` (an attribute of an
+    instance of a notebook class), in code that runs in the training processes."""
+
+    node: cst.CSTNode
+    name: str  # the global, or the attribute
+    owner: str | None  # the notebook class whose `self` it is, for attributes
+    where: str  # for messages: "the callback method `History.on_train_epoch_end`", ...
+    launched: str | None = None  # the launched Fabric function it is in; None: a Trainer runs it
+
+
+@dataclass(frozen=True)
+class StaleRead:
+    node: cst.CSTNode  # the read in the notebook process
+    statement: int
+    launch: int
+    mutation: Mutation
+    shown: str  # what is read: "history", "recorder.losses"
+
+
+def loads(root: cst.CSTNode):
+    """The names and attributes a statement reads when it runs (not what it binds, not `.attr`
+    or `keyword=` names, not function bodies), in source order."""
+    stack: list[cst.CSTNode] = [root]
+    while stack:
+        n = stack.pop()
+        if n is not root and isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        if isinstance(n, cst.Name):
+            yield n
+        elif isinstance(n, cst.Attribute):
+            yield n
+            stack.append(n.value)
+        elif isinstance(n, cst.Arg):
+            stack.append(n.value)
+        elif isinstance(n, cst.For):
+            stack.extend(reversed([x for x in (n.iter, n.body, n.orelse) if x is not None]))
+        elif isinstance(n, cst.AssignTarget) and isinstance(n.target, cst.Attribute):
+            stack.append(n.target.value)  # `x.attr = v` reads x, stores x.attr
+        elif not (isinstance(n, (cst.Import, cst.ImportFrom, cst.AsName))
+                  or (isinstance(n, cst.AssignTarget) and isinstance(n.target, cst.Name))):
+            stack.extend(reversed(children(n)))
+
+
+def _changed(node: cst.CSTNode) -> cst.BaseExpression | None:
+    """What a node changes in place: `x.append(...)` / `x[k] = v` / `x += v` -> x; `x.attr = v`
+    -> `x.attr`; anything else -> None."""
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in MUTATING_METHODS:
+        return node.func.value
+    if isinstance(node, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign)):
+        target = node.target
+        if isinstance(target, cst.Subscript):
+            return target.value
+        if isinstance(node, cst.AugAssign) or isinstance(target, cst.Attribute):
+            return target
+    return None
+
+
+def _locals(function: cst.FunctionDef) -> set[str]:
+    params = {p.name.value for p in (*function.params.params, *function.params.posonly_params, *function.params.kwonly_params)}
+    return params | scan(function.body).binds
+
+
+def _body_mutations(function: cst.FunctionDef, owner: str | None, where: str, globals_: set[str], launched: str | None = None) -> list[Mutation]:
+    declared = {n.name.value for g in walk(function.body) if isinstance(g, cst.Global) for n in g.names}
+    local = _locals(function) - declared
+    out: list[Mutation] = []
+    for node in walk(function.body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda))):
+        changed = _changed(node)
+        if isinstance(node, cst.AssignTarget) and isinstance(node.target, cst.Name) and node.target.value in declared:
+            changed = node.target  # `global best; best = ...`
+        if isinstance(changed, cst.Name) and changed.value in globals_ and changed.value not in local:
+            out.append(Mutation(node, changed.value, None, where, launched))
+        elif owner is not None and isinstance(changed, cst.Attribute) and isinstance(changed.value, cst.Name) and changed.value.value == "self":
+            out.append(Mutation(node, changed.attr.value, owner, where, launched))
+    return out
+
+
+def _class_kind(facts: NotebookFacts, node: cst.ClassDef) -> str | None:
+    if any(qualified_name(base.value, facts.env) in CALLBACK_BASES for base in node.bases):
+        return "callback"
+    return "LightningModule" if node.name.value in facts.lightning_module_classes else None
+
+
+def training_mutations(facts: NotebookFacts) -> list[Mutation]:
+    """What code run in the training processes changes: callbacks' and LightningModules' methods
+    (a Trainer runs them) and the launched Fabric functions."""
+    globals_ = {n for st in facts.statements for n in st.defines}
+    out: list[Mutation] = []
+    for st in facts.statements:
+        kind = _class_kind(facts, st.node) if isinstance(st.node, cst.ClassDef) else None
+        if kind is None:
+            continue
+        for method in st.node.body.body:
+            if isinstance(method, cst.FunctionDef) and method.name.value not in NOT_IN_TRAINING:
+                where = f"the {kind} method `{st.node.name.value}.{method.name.value}`"
+                out += _body_mutations(method, st.node.name.value, where, globals_)
+    for name in sorted({lp.function for lp in facts.launches if lp.function}):
+        summary = facts.functions.get(name)
+        if summary is not None and isinstance(summary.node, cst.FunctionDef):
+            out += _body_mutations(summary.node, None, f"the launched function `{name}`", globals_, launched=name)
+    return out
+
+
+def _instances(facts: NotebookFacts, classes: set[str]) -> dict[str, str]:
+    """Top-level `name = NotebookClass(...)` -> the class, for the classes asked (last binding)."""
+    out: dict[str, str] = {}
+    for st in facts.statements:
+        for target, value in _simple_assignments(st.node):
+            if isinstance(value, cst.Call) and isinstance(value.func, cst.Name) and value.func.value in classes:
+                out[target] = value.func.value
+    return out
+
+
+def _simple_assignments(node: cst.CSTNode):
+    if isinstance(node, cst.SimpleStatementLine):
+        for small in node.body:
+            if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name):
+                yield small.targets[0].target.value, small.value
+
+
+def _launches_of(facts: NotebookFacts, mutation: Mutation) -> list[int]:
+    """The statements whose launch runs the mutating code."""
+    if mutation.launched is not None:
+        return sorted({lp.statement for lp in facts.launches if lp.function == mutation.launched})
+    return sorted({s for starts in trainer_launches(facts).values() for s in starts})
+
+
+def _handed(facts: NotebookFacts, launch: int) -> set[str]:
+    """Names a launch statement gives its training: its own reads, and those of the statements
+    that built the Trainers it launches (`callbacks=[recorder]`)."""
+    st = facts.statements[launch]
+    names = set(st.uses)
+    trainers = {t for t, starts in trainer_launches(facts).items() if launch in starts}
+    for other in facts.statements[:launch]:
+        if other.defines & trainers:
+            names |= other.uses
+    return names
+
+
+def stale_reads(facts: NotebookFacts) -> list[StaleRead]:
+    """The first read, after each forked launch, of what that launch's training processes changed."""
+    mutations = training_mutations(facts)
+    if not mutations:
+        return []
+    watched = {}
+    for m in mutations:
+        watched.setdefault((m.owner, m.name), (m, _launches_of(facts, m)))
+    instances = _instances(facts, {owner for owner, _ in watched if owner})
+    reads: list[StaleRead] = []
+    reported: set[tuple[str, int]] = set()
+    for st in facts.statements:
+        for node in loads(st.node):
+            found = _stale(facts, node, st.index, watched, instances)
+            if found is not None and (found[2], found[1]) not in reported:
+                reported.add((found[2], found[1]))
+                reads.append(StaleRead(node, st.index, found[1], found[0], found[2]))
+    return reads
+
+
+def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, instances: dict[str, str]):
+    """(mutation, launch, what is read) when `node`, in statement `index`, reads stale state."""
+    if isinstance(node, cst.Name):
+        name, key = node.value, (None, node.value)
+    elif isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value in instances:
+        name, key = node.value.value, (instances[node.value.value], node.attr.value)
+    else:
+        return None
+    if key not in watched:
+        return None
+    mutation, launches = watched[key]
+    before = [s for s in launches if s < index]
+    if not before:
+        return None
+    launch = before[-1]
+    if facts.defined_between(name, launch, index - 1) or name in facts.statements[index].defines:
+        return None
+    if key[0] is not None and _attribute_set_between(facts, name, key[1], launch, index):
+        return None  # `recorder.losses = ...` after the launch: the notebook's own value again
+    if key[0] is not None and name not in _handed(facts, launch):
+        return None  # an instance the launch never saw
+    shown = name if key[0] is None else f"{name}.{key[1]}"
+    return mutation, launch, shown
+
+
+def _attribute_set_between(facts: NotebookFacts, name: str, attribute: str, after: int, before: int) -> bool:
+    for st in facts.statements[after + 1 : before]:
+        for node in top_level_code(st.node):
+            target = node.target if isinstance(node, (cst.AssignTarget, cst.AnnAssign)) else None
+            if (isinstance(target, cst.Attribute) and target.attr.value == attribute
+                    and isinstance(target.value, cst.Name) and target.value.value == name):
+                return True
+    return False

@@ -219,6 +219,23 @@ def qualified_name(expr: cst.BaseExpression, env) -> str | None:
     return None
 
 
+def module_alias(facts: "NotebookFacts", qname: str) -> str | None:
+    """The notebook's name for an imported module (`np` for numpy), if it imports it."""
+    for name, v in facts.env.items():
+        if v.kind == "module" and v.qname == qname:
+            return name
+    return None
+
+
+def fresh_name(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3` ... : the first one not in `taken`."""
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    return candidate
+
+
 def lightning_import(facts: "NotebookFacts") -> str | None:
     """The module of the notebook's first top-level Lightning import (`lightning`,
     `pytorch_lightning.callbacks`, ...): codemods that add an import spell it the notebook's way."""

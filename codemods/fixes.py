@@ -87,6 +87,13 @@ def _logger_version(facts: NotebookFacts, options: Options) -> Edit:
     return Edit(changes, plan=plan)
 
 
+def _hand_back(facts: NotebookFacts, options: Options) -> Edit:
+    from codemods.hand_back import hand_back_state
+
+    plan, changes = hand_back_state(facts)
+    return Edit(changes, plan=plan)
+
+
 def _strategies(facts: NotebookFacts, options: Options) -> Edit:
     replacements, changes = local_fixes.notebook_strategies(facts)
     return Edit(changes, replacements)
@@ -137,6 +144,7 @@ FIXES: tuple[Fix, ...] = (
     Fix("CUDA into on_fit_start", ("NBR101",), unsafe=True, run=_cuda_into_on_fit_start),
     Fix("data into the dataloader hooks", ("NBR201",), unsafe=False, run=_data_into_hooks),
     Fix("logger version before the launch", ("NBR501",), unsafe=False, run=_logger_version),
+    Fix("state handed back from rank 0", ("NBR502",), unsafe=True, run=_hand_back),
     Fix("tuning on one CPU process", ("NBR503",), unsafe=True, run=tuner_fix),
 )
 

@@ -35,7 +35,7 @@ import libcst as cst
 from codemods import names as N
 from codemods.device import ProcessDevice
 from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, Statement, qualified_name, target_names
+from codemods.facts import NotebookFacts, Statement, fresh_name, module_alias, qualified_name, target_names
 from codemods.gate import bound_before_read
 from codemods.walk import children
 from codemods.rules.base import runs_before_a_launch
@@ -99,19 +99,6 @@ def is_definition(st: Statement, facts: NotebookFacts) -> bool:
     return True
 
 
-def _module_alias(facts: NotebookFacts, qname: str) -> str | None:
-    for name, v in facts.env.items():
-        if v.kind == "module" and v.qname == qname:
-            return name
-    return None
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, i = name, 1
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    return candidate
 
 
 class _PrintToFabric:
@@ -540,8 +527,8 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {fabric_name})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
-    results_path = _fresh("train_results_path", taken)
-    torch_alias = _module_alias(facts, "torch")
+    results_path = fresh_name("train_results_path", taken)
+    torch_alias = module_alias(facts, "torch")
     extra_imports: list[cst.BaseStatement] = []
     if come_back and torch_alias is None:
         torch_alias = "torch"
@@ -553,7 +540,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     if factory:
         produced = sorted(n for n in factory_names if n != "_")
         first = next(iter(produced), "data")
-        factory_name = _fresh(f"make_{first}", taken)
+        factory_name = fresh_name(f"make_{first}", taken)
         taken.add(factory_name)
         targets = ", ".join(produced)
         body = [without_cell_part(statements[i].node) for i in factory]
@@ -615,7 +602,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         factory_call = None
     cells_moved = sorted({statements[i].cell for i in moved})
     if new_function:
-        train_name = _fresh("train", taken)
+        train_name = fresh_name("train", taken)
         fn = cst.FunctionDef(
             name=cst.Name(train_name),
             params=cst.Parameters(params=[cst.Param(cst.Name(fabric_name))]),
@@ -689,14 +676,14 @@ def _code_stays_after(statements: list[Statement], index: int, leaving: set[int]
 
 def _results_round_trip(facts, launch_stmt, path_name, torch_alias, come_back, taken) -> list[cst.BaseStatement]:
     """The launch between choosing the results file and loading what rank 0 saved there."""
-    tempfile = _module_alias(facts, "tempfile")
+    tempfile = module_alias(facts, "tempfile")
     out: list[cst.BaseStatement] = []
     if tempfile is None:
         tempfile = "tempfile"
         out.append(cst.parse_statement("import tempfile\n"))
     out.append(cst.parse_statement(f'{path_name} = {tempfile}.mkdtemp(prefix="nbrefactor-") + "/{RESULTS_FILE}"\n'))
     out.append(launch_stmt)
-    results = _fresh("train_results", taken)
+    results = fresh_name("train_results", taken)
     out.append(cst.parse_statement(f'{results} = {torch_alias}.load({path_name}, map_location="cpu", weights_only=False)\n'))
     rhs = ", ".join(f'{results}["{n}"]' for n in come_back)
     out.append(cst.parse_statement(f"{', '.join(come_back)} = {rhs}\n"))

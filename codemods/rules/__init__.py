@@ -13,6 +13,7 @@ from codemods.rules.nbr303_fit_twice_on_one_trainer import FitTwiceOnOneTrainer
 from codemods.rules.nbr401_strategy_not_notebook_compatible import StrategyNotNotebookCompatible
 from codemods.rules.nbr402_devices_auto_in_notebook import DevicesAutoInNotebook
 from codemods.rules.nbr501_logger_version_after_launch import LoggerVersionAfterLaunch
+from codemods.rules.nbr502_state_changed_in_training_processes import StateChangedInTrainingProcesses
 from codemods.rules.nbr503_tuner_with_forking_strategy import TunerWithForkingStrategy
 
 ALL_RULES: tuple[type[Rule], ...] = (
@@ -25,6 +26,7 @@ ALL_RULES: tuple[type[Rule], ...] = (
     StrategyNotNotebookCompatible,
     DevicesAutoInNotebook,
     LoggerVersionAfterLaunch,
+    StateChangedInTrainingProcesses,
     TunerWithForkingStrategy,
 )
 RULES_BY_CODE = {r.code: r for r in ALL_RULES}
