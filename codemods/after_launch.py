@@ -177,6 +177,7 @@ class StaleRead:
     launch: int
     mutation: Mutation
     shown: str  # what is read: "history", "recorder.losses"
+    assignable: bool = True  # the fix can set it again (`trainer.current_epoch` is read-only)
 
 
 def loads(root: cst.CSTNode):
@@ -336,7 +337,7 @@ def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, i
     launch = before[-1]
     if facts.defined_between(name, launch, index - 1) or name in facts.statements[index].defines:
         return None
-    if key[0] is not None and _attribute_set_between(facts, name, key[1], launch, index):
+    if key[0] is not None and _attribute_set_between(facts, f"{name}.{key[1]}", launch, index):
         return None  # `recorder.losses = ...` after the launch: the notebook's own value again
     if key[0] is not None and name not in _handed(facts, launch):
         return None  # an instance the launch never saw
@@ -344,11 +345,84 @@ def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, i
     return mutation, launch, shown
 
 
-def _attribute_set_between(facts: NotebookFacts, name: str, attribute: str, after: int, before: int) -> bool:
+def _attribute_set_between(facts: NotebookFacts, shown: str, after: int, before: int) -> bool:
+    """Does a statement between two others assign `shown` (`recorder.losses = ...`)?"""
     for st in facts.statements[after + 1 : before]:
         for node in top_level_code(st.node):
             target = node.target if isinstance(node, (cst.AssignTarget, cst.AnnAssign)) else None
-            if (isinstance(target, cst.Attribute) and target.attr.value == attribute
-                    and isinstance(target.value, cst.Name) and target.value.value == name):
+            if isinstance(target, cst.Attribute) and target.attr.value == shown.rsplit(".", 1)[-1] \
+                    and facts.module.code_for_node(target) == shown:
                 return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# NBR504: Lightning's own state that stays in the training processes
+
+# Checked against Lightning 2.6 on 2 forked CPU processes: after `fit`, these read as if no
+# training ran (0, {}, None, "", {}, tensor(inf)); `best_model_path`, `callback_metrics` and
+# `state` come back.
+TRAINER_PROPERTIES = ("current_epoch", "global_step", "logged_metrics", "progress_bar_metrics")  # read-only
+CALLBACK_STATE = {
+    "ModelCheckpoint": ("best_model_score", "best_k_models", "kth_best_model_path", "kth_value", "last_model_path", "current_score"),
+    "EarlyStopping": ("stopped_epoch", "best_score", "wait_count"),
+}
+TRAINER_CALLBACKS = {"checkpoint_callback": "ModelCheckpoint", "early_stopping_callback": "EarlyStopping"}
+
+
+def _lightning_callbacks(facts: NotebookFacts) -> dict[str, str]:
+    """Top-level `name = ModelCheckpoint(...)` / `EarlyStopping(...)` -> the class's short name."""
+    out: dict[str, str] = {}
+    for st in facts.statements:
+        for target, value in _simple_assignments(st.node):
+            q = qualified_name(value.func, facts.env) if isinstance(value, cst.Call) else None
+            short = q.rsplit(".", 1)[-1] if q and q.startswith("lightning.pytorch.callbacks") else None
+            if short in CALLBACK_STATE:
+                out[target] = short
+            else:
+                out.pop(target, None)
+    return out
+
+
+def _lightning_state(node: cst.CSTNode, trainers: set[str], callbacks: dict[str, str]) -> tuple[str, str, bool] | None:
+    """(the object read from, its class, assignable) when `node` reads state Lightning leaves behind."""
+    if not isinstance(node, cst.Attribute):
+        return None
+    owner, attr = node.value, node.attr.value
+    if isinstance(owner, cst.Name) and owner.value in trainers and attr in TRAINER_PROPERTIES:
+        return owner.value, "Trainer", False
+    if isinstance(owner, cst.Name) and owner.value in callbacks and attr in CALLBACK_STATE[callbacks[owner.value]]:
+        return owner.value, callbacks[owner.value], True
+    if (isinstance(owner, cst.Attribute) and isinstance(owner.value, cst.Name) and owner.value.value in trainers
+            and owner.attr.value in TRAINER_CALLBACKS and attr in CALLBACK_STATE[TRAINER_CALLBACKS[owner.attr.value]]):
+        return owner.value.value, TRAINER_CALLBACKS[owner.attr.value], True
+    return None
+
+
+def lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
+    """The first read, after each forked Trainer launch, of Lightning state the launch leaves in
+    the training processes (`trainer.current_epoch`, `checkpoint.best_model_score`, ...)."""
+    launches = trainer_launches(facts)
+    if not launches:
+        return []
+    callbacks = _lightning_callbacks(facts)
+    every = sorted({s for starts in launches.values() for s in starts})
+    reads: list[StaleRead] = []
+    reported: set[tuple[str, int]] = set()
+    for st in facts.statements:
+        for node in loads(st.node):
+            found = _lightning_state(node, set(launches), callbacks)
+            if found is None:
+                continue
+            name, kind, assignable = found
+            starts = launches.get(name) or [s for s in every if name in _handed(facts, s)]
+            launch = max((s for s in starts if s < st.index), default=None)
+            shown = facts.module.code_for_node(node)
+            if launch is None or (shown, launch) in reported or facts.defined_between(name, launch, st.index - 1):
+                continue
+            if assignable and _attribute_set_between(facts, shown, launch, st.index):
+                continue
+            reported.add((shown, launch))
+            mutation = Mutation(node, node.attr.value, kind, f"Lightning's {kind}")
+            reads.append(StaleRead(node, st.index, launch, mutation, shown, assignable))
+    return reads

@@ -144,7 +144,7 @@ FIXES: tuple[Fix, ...] = (
     Fix("CUDA into on_fit_start", ("NBR101",), unsafe=True, run=_cuda_into_on_fit_start),
     Fix("data into the dataloader hooks", ("NBR201",), unsafe=False, run=_data_into_hooks),
     Fix("logger version before the launch", ("NBR501",), unsafe=False, run=_logger_version),
-    Fix("state handed back from rank 0", ("NBR502",), unsafe=True, run=_hand_back),
+    Fix("state handed back from rank 0", ("NBR502", "NBR504"), unsafe=True, run=_hand_back),
     Fix("tuning on one CPU process", ("NBR503",), unsafe=True, run=tuner_fix),
 )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from codemods.after_launch import CALLBACK, logger_reads, stale_reads
+from codemods.after_launch import CALLBACK, lightning_state_reads, logger_reads, stale_reads
 from codemods.cells import BodyPlan
 from codemods.facts import NotebookFacts, fresh_name, module_alias, qualified_name
 
@@ -94,8 +94,8 @@ def _launching_trainer(facts: NotebookFacts, launch: int) -> str | None:
 def hand_back_state(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
     plan, changes = BodyPlan(), []
     wanted: dict[int, list[str]] = {}  # launch statement -> what the notebook reads after it
-    for read in stale_reads(facts):
-        if read.mutation.launched is None and _launching_trainer(facts, read.launch) is not None:
+    for read in [*stale_reads(facts), *lightning_state_reads(facts)]:
+        if read.assignable and read.mutation.launched is None and _launching_trainer(facts, read.launch) is not None:
             shown = wanted.setdefault(read.launch, [])
             if read.shown not in shown:
                 shown.append(read.shown)
@@ -124,9 +124,12 @@ def hand_back_state(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int
 def _round_trip(facts, launch, shown, class_name, torch, tempfile, taken) -> list[cst.BaseStatement]:
     trainer = _launching_trainer(facts, launch)
     callback, loaded = fresh_name("hand_back", taken), fresh_name("handed_back", taken)
-    values = ", ".join(f'"{s}": {s}' for s in shown)
+    values = "".join(f'        "{s}": {s},\n' for s in shown)
     text = (
-        f'{callback} = {class_name}({tempfile}.mkdtemp(prefix="nbrefactor-") + "/hand_back.pt", lambda: {{{values}}})\n'
+        f"{callback} = {class_name}(\n"
+        f'    {tempfile}.mkdtemp(prefix="nbrefactor-") + "/hand_back.pt",\n'
+        f"    lambda: {{\n{values}    }},\n"
+        ")\n"
         f"{trainer}.callbacks.append({callback})\n"
     )
     after = (

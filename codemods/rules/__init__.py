@@ -15,6 +15,7 @@ from codemods.rules.nbr402_devices_auto_in_notebook import DevicesAutoInNotebook
 from codemods.rules.nbr501_logger_version_after_launch import LoggerVersionAfterLaunch
 from codemods.rules.nbr502_state_changed_in_training_processes import StateChangedInTrainingProcesses
 from codemods.rules.nbr503_tuner_with_forking_strategy import TunerWithForkingStrategy
+from codemods.rules.nbr504_lightning_state_after_launch import LightningStateAfterLaunch
 
 ALL_RULES: tuple[type[Rule], ...] = (
     CudaInitializedBeforeLaunch,
@@ -28,6 +29,7 @@ ALL_RULES: tuple[type[Rule], ...] = (
     LoggerVersionAfterLaunch,
     StateChangedInTrainingProcesses,
     TunerWithForkingStrategy,
+    LightningStateAfterLaunch,
 )
 RULES_BY_CODE = {r.code: r for r in ALL_RULES}
 
