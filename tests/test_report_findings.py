@@ -8,6 +8,8 @@ from a `RunResult` and the checker's `Diagnostic`s, as `nbrefactor run` builds t
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from nbrefactor.checker import Diagnostic
@@ -18,6 +20,7 @@ from nbrefactor.launcher.report import (
     render_text,
 )
 from nbrefactor.launcher.runner import CellRun, RunResult, RunSettings
+from tests.conftest import ROOT
 from tests.test_launcher import nbrefactor_run, needs_kernel, notebook
 
 NB = "nb.ipynb"
@@ -238,3 +241,21 @@ def test_a_missing_module_is_not_blamed_on_an_unrelated_finding_end_to_end(tmp_p
     assert f["matching_findings"] == [] and f["explained_by"] is None
     assert "may explain it" not in r.stdout
     assert r.stdout.index(f"FAIL: {nb}:cell 2:1: ModuleNotFoundError") < r.stdout.index("not related to this failure):\n") < r.stdout.index(f"{nb}:cell 1:2:")
+
+
+@needs_kernel
+def test_a_logger_folder_read_after_a_forked_fit_is_explained_by_nbr501_end_to_end(tmp_path):
+    """The golden CSVLogger notebook as it was before the fix: `run` names NBR501, and the fixed
+    copy passes (`--compare`), with 2 ranks each."""
+    pytest.importorskip("lightning")
+    nb = tmp_path / "metrics.ipynb"
+    shutil.copy(ROOT / "golden" / "trainer_logger_version" / "input.ipynb", nb)
+    r, report = nbrefactor_run(nb)
+    assert r.returncode == 1, r.stdout + r.stderr
+    f = report["failure"]
+    assert (f["cell"], f["exception"]) == (6, "FileNotFoundError")
+    assert f["explained_by"]["code"] == "NBR501"
+    assert f"the static check explains it: {nb}:cell 6:1:24: NBR501" in r.stdout
+    r, _ = nbrefactor_run(nb, "--compare", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FileNotFoundError cell 6" in r.stdout and "PASS" in r.stdout

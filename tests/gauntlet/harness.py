@@ -191,13 +191,15 @@ def run_all(cases: list[Case], root: Path, jobs: int = 2) -> dict[str, Outcome]:
 
 
 def regressions(out: Outcome) -> list[str]:
-    """What the fixed copy did worse than the original, whatever case.json expects."""
+    """What the fixed copy did worse than the original, whatever case.json expects: passing less,
+    failing in an earlier cell, or failing in the same cell with another error (a later cell may
+    fail on something else: the fix got the notebook further)."""
     problems = []
     if out.original == "pass" and out.fixed != "pass":
         problems.append(f"the original passes, the fixed copy does not: {out.fixed}")
     elif out.fixed not in (None, "pass") and out.original != "pass":
         if out.fixed_cell is not None and out.original_cell is not None and out.fixed_cell < out.original_cell:
             problems.append(f"the fixed copy fails earlier (original's cell {out.fixed_cell}) than the original (cell {out.original_cell})")
-        if out.fixed_exception != out.original_exception:
+        if out.fixed_cell == out.original_cell and out.fixed_exception != out.original_exception:
             problems.append(f"the fixed copy raises {out.fixed_exception}, the original {out.original_exception}")
     return problems
