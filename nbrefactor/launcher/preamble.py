@@ -5,7 +5,9 @@ The runner loads this file into the kernel by path (`load_source`) and calls `in
 - **Overrides.** Every `Trainer(...)` and `Fabric(...)` the notebook builds gets the requested
   accelerator and devices and a fork strategy (`ddp_notebook`), whatever the notebook passed:
   `PL_TRAINER_*` only fills arguments the code left out, so the constructors are wrapped instead.
-  `--smoke` also caps the work (a few batches, one epoch) so the proof takes seconds.
+  `--smoke` also caps the work (a few batches, one epoch) so the proof takes seconds. Accelerate's
+  `notebook_launcher(...)` gets `num_processes` = the devices; on CPU its launch is N forked
+  processes made the way `debug_launcher` makes them (see "Accelerate's notebook_launcher" below).
 - **Tracer.** The first call that initialises CUDA (`torch.cuda._lazy_init`, reached by `.cuda()`,
   `.to("cuda")`, `torch.cuda.current_device()`...) or queries the device count the way that poisons
   fork (`torch._C._cuda_getDeviceCount`) is recorded with the cell and line that made it.
@@ -25,6 +27,7 @@ when the kernel died or was killed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.abc
@@ -52,6 +55,7 @@ class _State:
         self.launches = 0
         self.target = None  # (accelerator, devices), resolved at the first Trainer/Fabric
         self.child = None  # in a forked child: (launch, rank)
+        self.accelerator = False  # an AcceleratorState was created in the notebook process
 
 
 def load_source(path: str, config_path: str) -> str:
@@ -448,14 +452,24 @@ def _die_with_parent() -> None:
 
 def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **kwargs):
     """The forked child's entry: record the rank, run Lightning's own wrapping function, record the end."""
-    STATE.child = (launch, process_idx)
-    _die_with_parent()
-    name = f"rank-{launch}-{process_idx}.json"
-    record = {"launch": launch, "rank": process_idx, "pid": os.getpid(), "ppid": os.getppid(), "status": "started", "started": time.time()}
-    _write_json(name, record)
     args = list(args)
     slot = _function_slot(original_wrapping)
-    function = args[slot]
+
+    def run(traced):
+        args[slot] = traced
+        original_wrapping(launcher, process_idx, *args, **kwargs)
+
+    as_rank(launch, process_idx, args[slot], run)
+
+
+def as_rank(launch: int, rank: int, function, run):
+    """In a forked child: record the rank, `run(traced)` (`traced` is `function`, marking when it
+    returned), then record how it ended (finished, or failed with the traceback mapped to cells)."""
+    STATE.child = (launch, rank)
+    _die_with_parent()
+    name = f"rank-{launch}-{rank}.json"
+    record = {"launch": launch, "rank": rank, "pid": os.getpid(), "ppid": os.getppid(), "status": "started", "started": time.time()}
+    _write_json(name, record)
 
     @functools.wraps(function)
     def traced(*a, **kw):
@@ -465,9 +479,8 @@ def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **
         _write_json(name, record)
         return result
 
-    args[slot] = traced
     try:
-        original_wrapping(launcher, process_idx, *args, **kwargs)
+        result = run(traced)
     except BaseException as err:
         frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
         record.update(
@@ -482,6 +495,7 @@ def _child(launcher, original_wrapping, launch: int, process_idx: int, *args, **
         raise
     record.update(status="finished", ended=time.time())
     _write_json(name, record)
+    return result
 
 
 # --- Trainer and Fabric ----------------------------------------------------------------------
@@ -630,6 +644,140 @@ def _patch_fabric_loader(module) -> None:
     cls.__iter__, cls.__len__ = __iter__, __len__
 
 
+# --- Accelerate's notebook_launcher --------------------------------------------------------------
+#
+# `notebook_launcher(fn, args, num_processes=8)` gets `num_processes` = the devices asked for (and
+# one node, the run's port); Accelerate's own checks then run as they would for the user (an
+# `Accelerator` made before the launch, `bitsandbytes` imported, `num_processes` missing: not
+# filled in, Accelerate's error is the finding). Where Accelerate would call torch's
+# `elastic_launch`, the run takes over: the fork probe, then on CPU N forked processes the way
+# `debug_launcher` makes them (gloo over a file store, `ACCELERATE_USE_CPU`: Accelerate alone forks
+# nothing useful without a GPU), on CUDA Accelerate's own elastic launch; either way each child
+# records its rank.
+
+
+def _patch_notebook_launcher(module) -> None:
+    original = module.notebook_launcher
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def notebook_launcher(*args, **kwargs):
+        if not _in_notebook_process():
+            return original(*args, **kwargs)
+        try:
+            arguments = signature.bind(*args, **kwargs)
+        except TypeError:
+            return original(*args, **kwargs)  # Accelerate says what is wrong
+        arguments.apply_defaults()
+        where = _where(traceback.extract_stack(sys._getframe(1)))
+        new, changed = launcher_overrides(arguments.arguments)
+        if changed:
+            emit({"event": "override", "kind": "notebook_launcher", "changed": changed, **where})
+        with _elastic_launch_replaced(where, new.get("use_port")):
+            return original(**new)
+
+    module.notebook_launcher = notebook_launcher
+    package = sys.modules.get("accelerate")  # imported before us: `from accelerate import ...` reads it here
+    if package is not None and getattr(package, "notebook_launcher", None) is original:
+        package.notebook_launcher = notebook_launcher
+
+
+def launcher_overrides(arguments: dict) -> tuple[dict, dict]:
+    """`notebook_launcher`'s arguments as the run needs them, and what changed ({arg: (old, new)})."""
+    if arguments.get("num_processes") is None:
+        return dict(arguments), {}  # Accelerate refuses it (NBR403): that is the finding
+    _, devices = _target()
+    wanted = {"num_processes": devices, "num_nodes": 1, "node_rank": 0}
+    changed = {k: (_describe(arguments[k]), v) for k, v in wanted.items() if not _same(arguments[k], v)}
+    port = os.environ.get("MASTER_PORT")
+    if port:
+        wanted["use_port"] = port  # the run's own port, never a fixed 29500 another run may hold
+    return {**arguments, **wanted}, changed
+
+
+@contextlib.contextmanager
+def _elastic_launch_replaced(where: dict, port):
+    """While Accelerate's launcher runs, its `elastic_launch` (imported from torch when called) is ours."""
+    api = importlib.import_module("torch.distributed.launcher.api")
+    real = api.elastic_launch
+    api.elastic_launch = functools.partial(_elastic_launch, real, where, port)
+    try:
+        yield
+    finally:
+        api.elastic_launch = real
+
+
+def _elastic_launch(real, where: dict, port, config, entrypoint):
+    def launch(*args):
+        STATE.launches += 1
+        number = STATE.launches
+        accelerator, _ = _target()
+        probe = fork_probe(accelerator == "cuda")
+        n = config.nproc_per_node
+        emit({"event": "launch", "launch": number, "kind": "accelerate", "port": int(port) if port else None, "processes": n, "start_method": "fork", "probe": probe, **where})
+        if probe["broken"]:
+            raise RuntimeError(probe_message(probe))
+        try:
+            if accelerator == "cpu":
+                result = fork_on_cpu(number, n, entrypoint, args)
+            else:
+                result = real(config=config, entrypoint=elastic_entry(number, entrypoint))(*args)
+        except BaseException as err:
+            emit({"event": "launch_end", "launch": number, "status": "raised", "type": type(err).__name__})
+            raise
+        emit({"event": "launch_end", "launch": number, "status": "returned"})
+        return result
+
+    return launch
+
+
+def fork_on_cpu(launch: int, n: int, function, args) -> None:
+    """`debug_launcher`'s way: n forked processes, gloo over a file store in the run folder, and
+    `ACCELERATE_USE_CPU` so the notebook's `Accelerator()` in each is a CPU process of a world of n.
+    (MASTER_ADDR/PORT, WORLD_SIZE and NPROC are already set by `notebook_launcher`.)"""
+    from accelerate.utils import patch_environment
+    from torch.multiprocessing import start_processes
+
+    store = os.path.join(STATE.run_dir, f"accelerate-{launch}.store")
+    with patch_environment(world_size=n, local_world_size=n, accelerate_use_cpu="yes", accelerate_debug_rdv_file=store, gloo_socket_ifname="lo"):
+        start_processes(_cpu_child, args=(launch, function, *args), nprocs=n, start_method="fork")
+
+
+def _cpu_child(index: int, launch: int, function, *args) -> None:
+    from accelerate.utils import PrepareForLaunch
+
+    os.environ.update(RANK=str(index), LOCAL_RANK=str(index))
+    as_rank(launch, index, function, lambda traced: PrepareForLaunch(traced, debug=True)(index, *args))
+
+
+def elastic_entry(launch: int, function):
+    """The function torch's elastic launch runs in each forked process (it reads the entrypoint's
+    `__name__`: a plain function, not a partial), recording the rank torch gave it."""
+
+    @functools.wraps(function)
+    def entry(*args):
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+        return as_rank(launch, rank, function, lambda traced: traced(*args))
+
+    return entry
+
+
+def _patch_accelerator_state(module) -> None:
+    """Record where the notebook process first made an `AcceleratorState` (an `Accelerator()`):
+    `notebook_launcher` refuses to launch after that (NBR103), and this is the line to move."""
+    cls = module.AcceleratorState
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if not STATE.accelerator and _in_notebook_process():
+            STATE.accelerator = True
+            emit({"event": "accelerator", **_where(traceback.extract_stack(sys._getframe(1)))})
+        original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
 _PATCHES = {
     "torch.cuda": _patch_torch_cuda,
     "lightning.pytorch.trainer.trainer": _patch_constructor("Trainer", "Trainer"),
@@ -642,4 +790,6 @@ _PATCHES = {
     "pytorch_lightning.strategies.launchers.multiprocessing": _patch_launcher("trainer"),
     "lightning.fabric.wrappers": _patch_fabric_loader,
     "lightning_fabric.wrappers": _patch_fabric_loader,
+    "accelerate.launchers": _patch_notebook_launcher,
+    "accelerate.state": _patch_accelerator_state,
 }

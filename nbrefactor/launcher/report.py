@@ -29,12 +29,14 @@ class Known:
     code: str | None
     hint: str
     cuda: bool = False  # placed by the tracer (where CUDA was first touched), not where it failed
+    traced: str | None = None  # placed where the tracer saw this event first (`accelerator`: the first Accelerator())
 
 
 KNOWN: tuple[Known, ...] = (
     Known(
         r"Cannot re-initialize CUDA in forked subprocess|Lightning can't create new processes if CUDA is already initialized"
-        r"|Unable to handle autograd's threading in combination with fork-based multiprocessing",
+        r"|Unable to handle autograd's threading in combination with fork-based multiprocessing"
+        r"|CUDA has been initialized before the `notebook_launcher` could create a forked subprocess",
         "NBR101",
         "CUDA was used in the notebook process before the launch point, so the forked processes cannot use it; "
         "move that code into the training function (or a hook) and restart the kernel",
@@ -46,6 +48,24 @@ KNOWN: tuple[Known, ...] = (
         "the notebook process uses CUDA, and this machine has none; on a GPU machine the same line would keep "
         "the forked processes from using CUDA",
         cuda=True,
+    ),
+    Known(
+        r"the `Accelerator` should only be initialized inside your training function",
+        "NBR103",
+        "an `Accelerator` was created in the notebook process before `notebook_launcher`; create it inside the "
+        "launched function (first thing there), remove the one outside and restart the kernel",
+        traced="accelerator",
+    ),
+    Known(
+        r"Libraries known to initialize device upon import have been imported already",
+        "NBR104",
+        "a library that initialises the GPU when imported (`bitsandbytes`) was imported in the notebook process; "
+        "import it inside the training function and restart the kernel",
+    ),
+    Known(
+        r"You have to specify the number of devices you would like to use",
+        "NBR403",
+        "current Accelerate needs `num_processes=` in `notebook_launcher(...)`: pass the number of GPUs",
     ),
     Known(
         r"needs to be called with a function|needs to be a callable",
@@ -121,6 +141,7 @@ def build(result: RunResult, *, path: str, settings: RunSettings, findings=None,
     events = result.events
     launches = _launches(events, result.ranks)
     cuda = {e["kind"]: _place(e) for e in events if e.get("event") == "cuda"}
+    accelerator = next((_place(e) for e in events if e.get("event") == "accelerator"), None)
     target = next((e for e in events if e.get("event") == "target"), None)
     overrides = [
         {"kind": e["kind"], "cell": e.get("cell"), "line": e.get("line"), "changed": e.get("changed", {})}
@@ -138,7 +159,7 @@ def build(result: RunResult, *, path: str, settings: RunSettings, findings=None,
     findings = list(findings or [])
     failure = None
     if verdict == "fail":
-        failure = _failure(result, launches, cuda, findings)
+        failure = _failure(result, launches, cuda, findings, {"accelerator": accelerator})
     if not launches and result.outcome == "completed":
         warnings.append("no launch point ran (no `trainer.fit`, `fabric.launch`...): nothing was forked, so this run proves nothing about multi-device training")
     cells = [{"cell": c.number, "type": c.cell_type, "status": c.status, "seconds": _round(c.seconds)} for c in result.cells]
@@ -155,11 +176,12 @@ def build(result: RunResult, *, path: str, settings: RunSettings, findings=None,
             "mode": "smoke" if settings.smoke else "full",
             "timeout": settings.timeout,
         },
-        "ran_on": {"accelerator": target["accelerator"], "devices": target["devices"], "strategy": "ddp_notebook"} if target else None,
+        "ran_on": {"accelerator": target["accelerator"], "devices": target["devices"], "strategy": _strategy(launches, overrides)} if target else None,
         "ranks": max((lau["ranks_done"] for lau in launches), default=0),
         "launches": launches,
         "cells": cells,
         "cuda": cuda,
+        "accelerator": accelerator,  # where the notebook process first made an Accelerator, if it did
         "overrides": overrides,
         "failure": failure,
         "static_findings": [finding_dict(d) for d in findings],
@@ -175,6 +197,12 @@ def build(result: RunResult, *, path: str, settings: RunSettings, findings=None,
             "ports": {str(p): ("listening" if busy else "free") for p, busy in result.ports.items()},
         },
     }
+
+
+def _strategy(launches: list[dict], overrides: list[dict]) -> str:
+    """How the run forks: Accelerate's `notebook_launcher` when it is all the notebook launches with."""
+    kinds = {lau["kind"] for lau in launches} | {"accelerate" if o["kind"] == "notebook_launcher" else o["kind"] for o in overrides}
+    return "notebook_launcher" if kinds == {"accelerate"} else "ddp_notebook"
 
 
 def exit_code(report: dict) -> int:
@@ -220,7 +248,8 @@ def _launches(events: list[dict], ranks: list[dict]) -> list[dict]:
     return out
 
 
-def _failure(result: RunResult, launches: list[dict], cuda: dict, findings: list) -> dict:
+def _failure(result: RunResult, launches: list[dict], cuda: dict, findings: list, traced: dict | None = None) -> dict:
+    traced = traced or {}
     failed = next((c for c in result.cells if c.status not in ("ok", "skipped", "not run")), None)
     running_cell = failed.number if failed else None
     error = failed.error if failed and failed.error else None
@@ -260,6 +289,9 @@ def _failure(result: RunResult, launches: list[dict], cuda: dict, findings: list
     code = known.code if known else None
     if known is not None:
         failure["hint"] = known.hint
+        first = traced.get(known.traced) if known.traced else None
+        if first and first.get("cell"):
+            failure.update(cell=first["cell"], line=first["line"], code=first.get("code"), found_by="the tracer")
         if known.cuda:
             first = cuda.get("init") or cuda.get("probe")
             if first and first.get("cell") and _in_notebook_process_failure(known, child):
@@ -493,13 +525,13 @@ def render_text(report: dict) -> str:
 def _header(report: dict) -> str:
     ran = report["ran_on"]
     s = report["settings"]
-    where = f"{ran['accelerator']} x {ran['devices']} (ddp_notebook)" if ran else f"accelerator {s['accelerator']}"
+    where = f"{ran['accelerator']} x {ran['devices']} ({ran['strategy']})" if ran else f"accelerator {s['accelerator']}"
     copy = " (the fixed copy; cells numbered as in the copy)" if report.get("copy") == "fixed" else ""
     return f"nbrefactor run {report['notebook']}{copy}: {where}, {s['mode']}"
 
 
 def _launch_line(lau: dict) -> str:
-    what = "fabric.launch" if lau["kind"] == "fabric" else "Trainer"
+    what = {"fabric": "fabric.launch", "accelerate": "notebook_launcher"}.get(lau["kind"], "Trainer")
     pids = ", ".join(str(r["pid"]) for r in lau["ranks"] if r.get("pid"))
     if lau["status"] == "stopped by the fork probe":
         return f"launch {lau['launch']} ({what}): stopped by the fork probe, nothing forked"
@@ -528,7 +560,7 @@ def _verdict_lines(report: dict) -> list[str]:
     rule = f["rule"]
     child = f.get("child")
     if rule:
-        head = f"{rule['code']} {rule['summary']}"
+        head = f"{rule['code']} {rule['summary'] or _first_line(f.get('message'))}"
     elif child:
         head = f"{child['exception']}: {_first_line(child['message'])}"
     else:
@@ -563,7 +595,7 @@ def _verdict_lines(report: dict) -> list[str]:
         out.extend(f"    | {line}" for line in log[-8:])
     if f.get("hint"):
         out.append(f"  hint: {f['hint']}")
-    if rule:
+    if rule and rule.get("name"):  # a rule `nbrefactor rules` knows
         out.append(f"  see: nbrefactor rules {rule['code']}")
     shown = {d["text"] for d in f["matching_findings"]} | ({explained["text"]} if explained else set())
     matching = [d for d in f["matching_findings"] if not explained or d["text"] != explained["text"]]
