@@ -33,7 +33,7 @@ class Value:
     """What a name holds, as far as the notebook's text tells."""
 
     kind: str  # module | fabric | trainer | cuda_device | dataset | dataloader | datamodule |
-    #            lightning_module | function | class | launched_fabric
+    #            lightning_module | function | class | launched_fabric | accelerator | hf_trainer
     qname: str | None = None  # modules and classes: the canonical qualified name
     node: cst.CSTNode | None = None  # functions and classes: their definition; data: the building call
 
@@ -121,6 +121,24 @@ class TrainingCall:
 
 
 @dataclass
+class AccelerateState:
+    """`Accelerator(...)`, `AcceleratorState(...)` or `PartialState(...)` run in the notebook process
+    (shaped like `CudaUse`, so `runs_before_a_launch` orders it against the launch points)."""
+
+    node: cst.Call  # the top-level call that runs it
+    what: str  # "Accelerator" | "AcceleratorState" | "PartialState"
+    statement: int
+    via: str | None = None  # notebook function or class whose body does it
+    inner: cst.Call | None = None  # the constructor call itself (inside `via`, or `node`)
+
+
+@dataclass
+class LibraryImport:
+    node: cst.Import | cst.ImportFrom
+    statement: int
+
+
+@dataclass
 class ConstructorCall:
     """`Trainer(...)` / `Fabric(...)` / `DDPStrategy(...)` anywhere in the notebook's code."""
 
@@ -170,6 +188,12 @@ class NotebookFacts:
     uses_fabric: bool = False
     cpu_only_calls: set[int] = field(default_factory=set)  # ids of calls in a "no CUDA" branch
     lightning_module_classes: set[str] = field(default_factory=set)  # notebook classes that are LightningModules
+    # Accelerate state built in the notebook process, in the order it runs (NBR103).
+    accelerate_states: list[AccelerateState] = field(default_factory=list)
+    # `accelerator.prepare/backward/gather/...` run in the notebook process (NBR305); not in
+    # `training`, which is Fabric's (and drives its fix).
+    accelerate_training: list[TrainingCall] = field(default_factory=list)
+    bitsandbytes_imports: list[LibraryImport] = field(default_factory=list)  # top-level ones (NBR104)
     _code: str | None = field(default=None, repr=False, compare=False)  # `module.code`, once printed
     _last_launch: tuple[int, int | None] | None = field(default=None, repr=False, compare=False)
     _definers: tuple[int, dict[str, list[int]]] | None = field(default=None, repr=False, compare=False)
@@ -399,9 +423,22 @@ class _Analysis:
                 return Value("cuda_device")
             return a or b
         if isinstance(expr, cst.Attribute):
+            if self.accelerator_device(expr, env):
+                return Value("cuda_device")
             q = self.qname(expr, env)
             return Value("module", q) if q else None
         return None
+
+    def accelerator_device(self, expr: cst.Attribute, env: dict[str, Value]) -> bool:
+        """`accelerator.device` of an `Accelerator()` not made with `cpu=True`: in the notebook
+        process (no distributed environment) it is the first GPU."""
+        if expr.attr.value != "device":
+            return False
+        owner = self.value_of(expr.value, env)
+        if owner is None or owner.kind != "accelerator":
+            return False
+        cpu = N.call_arg(owner.node, "cpu") if isinstance(owner.node, cst.Call) else None
+        return not (cpu is not None and isinstance(cpu.value, cst.Name) and cpu.value.value == "True")
 
     def class_kind(self, qname: str | None, env: dict[str, Value]) -> str | None:
         if qname is None:
@@ -416,6 +453,10 @@ class _Analysis:
             return "dataset"
         if qname in N.DDP_STRATEGIES:
             return "ddp_strategy"
+        if qname == N.ACCELERATOR:
+            return "accelerator"
+        if qname in N.HF_TRAINERS:
+            return "hf_trainer"
         return None
 
     def user_class_kind(self, node: cst.ClassDef, seen: frozenset = frozenset()) -> str | None:
@@ -427,6 +468,8 @@ class _Analysis:
                 return "datamodule"
             if q in N.DATASET_BASES:
                 return "dataset"
+            if q in N.HF_TRAINERS:
+                return "hf_trainer"
             if isinstance(base.value, cst.Name):
                 v = self.env.get(base.value.value)
                 if v is not None and v.kind == "class" and v.node is not None and id(v.node) not in seen:
@@ -477,7 +520,7 @@ class _Analysis:
                 first = N.call_arg(expr, "type", 0)
                 return first is not None and self.is_cuda_device(first.value, env)
         if isinstance(expr, cst.Attribute):  # torch.device("cuda").type and the like: unknown
-            return False
+            return self.accelerator_device(expr, env)
         return False
 
     # -- CUDA --------------------------------------------------------------------------------
@@ -519,6 +562,22 @@ class _Analysis:
                 on_cuda = q == "torch.cuda.amp.autocast" or (device is not None and self.is_cuda_device(device.value, env))
                 if on_cuda and dtype_name is not None and dtype_name.endswith("bfloat16"):
                     return "bfloat16 autocast on CUDA checks the GPU for bf16 support"
+        return self.hugging_face_cuda_reason(call, env)
+
+    def hugging_face_cuda_reason(self, call: cst.Call, env: dict[str, Value]) -> str | None:
+        """`from_pretrained(..., device_map=...)` places the weights on the GPUs (any map but
+        "cpu"/None); a Hugging Face `Trainer(...).train()` trains on the GPU of the calling process."""
+        func = call.func
+        if not isinstance(func, cst.Attribute):
+            return None
+        if func.attr.value == "from_pretrained":
+            where = N.call_arg(call, "device_map")
+            if where is not None and not _cpu_map(where.value):
+                return f"`from_pretrained(device_map={_short(where.value)})` loads the weights onto the GPU"
+        if func.attr.value == "train":
+            owner = self.value_of(func.value, env)
+            if owner is not None and owner.kind == "hf_trainer":
+                return "a Hugging Face `Trainer`'s `.train()` trains on the GPU"
         return None
 
     # -- summaries of notebook functions and classes -----------------------------------------
@@ -686,6 +745,8 @@ class _Analysis:
                 env[name] = Value("module", N.canonical(q))
                 if facts.lightning_import is None and N.is_lightning(q):
                     facts.lightning_import = st.index
+                if q.split(".")[0] == N.BITSANDBYTES:
+                    facts.bitsandbytes_imports.append(LibraryImport(imp, st.index))
         if isinstance(node, cst.SimpleStatementLine):
             for small in node.body:
                 if isinstance(small, cst.Assign) and facts.lightning_import is None:
@@ -747,6 +808,21 @@ class _Analysis:
                     facts.training.append(
                         TrainingCall(call if via else inner, f"fabric.{inner.func.attr.value}", st.index, via)
                     )
+            self.accelerate_effects(call, inner, inner_env, st.index, via)
+
+    def accelerate_effects(self, call: cst.Call, inner: cst.Call, env: dict[str, Value], index: int, via: str | None) -> None:
+        """Accelerate state built, or Accelerate training run, by `inner` (a call that `call`, run
+        at top level in statement `index`, runs; through the notebook function `via`, if any)."""
+        func = inner.func
+        what = N.ACCELERATE_STATES.get(self.qname(func, env) or "")
+        if what is not None:
+            self.facts.accelerate_states.append(AccelerateState(call if via else inner, what, index, via, inner))
+        elif isinstance(func, cst.Attribute) and func.attr.value in N.ACCELERATE_TRAINING_METHODS:
+            owner = self.value_of(func.value, env)
+            if owner is not None and owner.kind == "accelerator":
+                self.facts.accelerate_training.append(
+                    TrainingCall(call if via else inner, f"accelerator.{func.attr.value}", index, via)
+                )
 
     def launch_point(self, call, kind, index, env, via=None, inner=None, inner_env=None) -> LaunchPoint:
         at, at_env = (inner, inner_env) if inner is not None else (call, env)
@@ -936,6 +1012,17 @@ def _cpu_only_calls(if_nodes: list[cst.If]) -> set[int]:
                 elif kind is cst.If:
                     inside.add(id(n))
     return out
+
+
+def _cpu_map(expr: cst.BaseExpression) -> bool:
+    """A `device_map` that keeps everything on the CPU: "cpu", None, or a dict of "cpu" values."""
+    if isinstance(expr, cst.Name):
+        return expr.value == "None"
+    if isinstance(expr, cst.Dict):
+        return bool(expr.elements) and all(
+            isinstance(el, cst.DictElement) and N.string_value(el.value) == "cpu" for el in expr.elements
+        )
+    return N.string_value(expr) == "cpu"
 
 
 def _pins_memory(node: cst.CSTNode | None) -> bool:

@@ -138,6 +138,7 @@ FIXES: tuple[Fix, ...] = (
     Fix("unwrap the __main__ guard", ("NBR101", "NBR201", "NBR301", "NBR302"), unsafe=False, run=_main_guard),
     Fix("notebook strategy", ("NBR401",), unsafe=False, run=_strategies),
     Fix("explicit devices", ("NBR402",), unsafe=False, run=_devices, needs_devices=True),
+    Fix("explicit num_processes", ("NBR403",), unsafe=False, run=lambda facts, options: Edit(*local_fixes.explicit_num_processes(facts, options.devices)), needs_devices=True),
     Fix("CUDA around fit", ("NBR101",), unsafe=True, run=_cuda_around_fit),
     Fix("Lightning before the CUDA probe", ("NBR102",), unsafe=False, run=_import_before_probe),
     Fix("training into train(fabric)", ("NBR301", "NBR302", "NBR201", "NBR101"), unsafe=False, run=_wrap_training),

@@ -1,5 +1,6 @@
 """Fixes that change one call or add one import: NBR401 (notebook strategy), NBR102 (import
-Lightning before the CUDA probe), NBR402 (explicit devices, only when the user names a count)."""
+Lightning, or set the NVML check, before the CUDA probe), NBR402 and NBR403 (explicit devices /
+`num_processes`, only when the user names a count)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,19 @@ def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.
             replacements[id(arg.value)] = cst.Integer(str(devices))
         changes.append(("NBR402", c.node, f"devices={devices}"))
     return replacements, changes
+
+
+def explicit_num_processes(facts: NotebookFacts, devices: int) -> tuple[list[tuple[str, cst.CSTNode, str]], dict[int, cst.CSTNode]]:
+    """NBR403 with `--devices N`: `notebook_launcher(fn)` -> `notebook_launcher(fn, num_processes=N)`.
+    Returns (changes, replacements): `Edit`'s order."""
+    from codemods.rules.nbr403_launcher_without_num_processes import launchers_without_num_processes
+
+    replacements: dict[int, cst.CSTNode] = {}
+    changes = []
+    for call in launchers_without_num_processes(facts):
+        replacements[id(call)] = append_keyword(call, "num_processes", cst.Integer(str(devices)))
+        changes.append(("NBR403", call, f"num_processes={devices}"))
+    return changes, replacements
 
 
 def _is_lightning_module(expr: cst.BaseExpression, facts: NotebookFacts) -> bool:
@@ -239,11 +253,12 @@ def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
         line = f"import {package}  # sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so the CUDA probe below stays fork-safe\n"
     stmt = facts.statements[index].node
     plan.replace(index, [cst.parse_statement(line), without_cell_part(stmt)])
-    return plan, [("NBR102", facts.statements[index].cell, f"imported {package or 'the NVML check'} before the CUDA probe")]
+    done = f"imported {package} before the CUDA probe" if package else "set PYTORCH_NVML_BASED_CUDA_CHECK=1 before the CUDA probe"
+    return plan, [("NBR102", facts.statements[index].cell, done)]
 
 
 def apply_replacements(module: cst.Module, replacements: dict[int, cst.CSTNode]) -> cst.Module:
     return module.visit(_Replace(replacements)) if replacements else module
 
 
-__all__ = ["apply_replacements", "explicit_devices", "lightning_before_probe", "notebook_strategies", "rebuild"]
+__all__ = ["apply_replacements", "explicit_devices", "explicit_num_processes", "lightning_before_probe", "notebook_strategies", "rebuild"]

@@ -23,6 +23,7 @@ _PREFIXES = (
     ("torch.utils.data.dataloader.", "torch.utils.data."),
     ("torch.utils.data.dataset.", "torch.utils.data."),
     ("accelerate.launchers.", "accelerate."),
+    ("accelerate.accelerator.", "accelerate."),
     ("torch.cuda.memory.", "torch.cuda."),
     ("torch.serialization.", "torch."),
 )
@@ -58,6 +59,27 @@ DATA_MODULE = "lightning.pytorch.LightningDataModule"
 DDP_STRATEGIES = {"lightning.pytorch.strategies.DDPStrategy", "lightning.fabric.strategies.DDPStrategy"}
 NOTEBOOK_LAUNCHER = "accelerate.notebook_launcher"
 LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning", "lightning_fabric")
+
+# Accelerate: the constructors that fill its process state (accelerate/state.py), and the
+# `Accelerator` methods that train (or talk to the other processes).
+ACCELERATOR = "accelerate.Accelerator"
+ACCELERATE_STATES = {
+    ACCELERATOR: "Accelerator",
+    "accelerate.state.AcceleratorState": "AcceleratorState",
+    "accelerate.state.PartialState": "PartialState",
+    "accelerate.PartialState": "PartialState",
+}
+ACCELERATE_TRAINING_METHODS = {
+    "prepare", "prepare_model", "prepare_optimizer", "prepare_data_loader", "prepare_scheduler", "backward",
+    "gather", "gather_for_metrics", "reduce", "wait_for_everyone", "clip_grad_norm_", "clip_grad_value_",
+    "accumulate", "pad_across_processes",
+}
+# Hugging Face Trainers: `.train()` trains in the process that calls it, on its GPU.
+HF_TRAINERS = {
+    "transformers.Trainer", "transformers.trainer.Trainer",
+    "transformers.Seq2SeqTrainer", "transformers.trainer_seq2seq.Seq2SeqTrainer",
+}
+BITSANDBYTES = "bitsandbytes"
 
 DATALOADERS = {
     "torch.utils.data.DataLoader",

@@ -21,7 +21,7 @@ from nbrefactor.notebook.join import JoinedNotebook, join
 from nbrefactor.notebook.model import Notebook
 
 # Every rule needs at least one of these in the code; a notebook without them has nothing to find.
-_RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|set_start_method|DDPStrategy")
+_RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|Accelerator|set_start_method|DDPStrategy")
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
 
 

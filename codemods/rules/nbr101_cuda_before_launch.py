@@ -17,6 +17,12 @@ class CudaInitializedBeforeLaunch(Rule):
     `find_usable_cuda_devices`, and bfloat16 autocast on CUDA. Calls of notebook functions and
     classes are followed, so `model = build()` is reported when `build` calls `.cuda()`.
 
+    Accelerate and Hugging Face notebooks: `.to(accelerator.device)` (an `Accelerator()` made in the
+    notebook process, without `cpu=True`, has the first GPU as its device),
+    `from_pretrained(..., device_map=...)` with any map but `"cpu"` (the weights are placed on the
+    GPUs), and `.train()` of a Hugging Face `Trainer` / `Seq2SeqTrainer` (or a notebook subclass),
+    which trains on the GPU in the notebook process.
+
     Not reported, because they do not create a CUDA context: seeding (`torch.manual_seed`,
     `seed_everything`), `torch.backends.cudnn` flags, `torch.set_float32_matmul_precision`,
     `torch.device("cuda")` (a plain object), `torch.cuda.empty_cache()`, `torch.cuda.device_count()`
@@ -118,6 +124,14 @@ def train_model():
 
 model = train_model()
 """,
+        # Accelerate on the CPU, weights kept on the CPU.
+        """
+from accelerate import Accelerator, notebook_launcher
+from transformers import AutoModel
+cpu = Accelerator(cpu=True)
+model = AutoModel.from_pretrained("bert-base-cased", device_map="cpu").to(cpu.device)
+notebook_launcher(training_function, num_processes=2)
+""",
         # map_location given.
         """
 import torch
@@ -213,6 +227,45 @@ trainer.fit(model, loader)
 """,
             at=(1, 4, 16),
             message_contains="pin_memory",
+        ),
+        # Accelerate: the notebook's Accelerator's device is the first GPU.
+        Invalid(
+            """
+from accelerate import Accelerator, notebook_launcher
+accelerator = Accelerator()
+model = Net().to(accelerator.device)
+notebook_launcher(training_function, num_processes=2)
+""",
+            at=(1, 3, 9),
+            message_contains=".to(accelerator.device)",
+        ),
+        # A Hugging Face Trainer trains on the GPU in the notebook process, then a launch forks.
+        Invalid(
+            """
+from transformers import AutoModelForSequenceClassification, Trainer
+from accelerate import notebook_launcher
+
+class WeightedTrainer(Trainer):
+    pass
+
+model = AutoModelForSequenceClassification.from_pretrained("bert-base-cased")
+trainer = WeightedTrainer(model=model, args=args, train_dataset=ds)
+trainer.train()
+# %%
+notebook_launcher(training_function, num_processes=2)
+""",
+            at=(1, 9, 1),
+            message_contains="Hugging Face `Trainer`",
+        ),
+        Invalid(
+            """
+from transformers import AutoModelForCausalLM
+from accelerate import notebook_launcher
+base = AutoModelForCausalLM.from_pretrained("gpt2", device_map="auto")
+notebook_launcher(training_function, num_processes=2)
+""",
+            at=(1, 3, 8),
+            message_contains="device_map",
         ),
         # A CUDA device handed to a notebook function that moves data with it.
         Invalid(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from codemods.facts import lightning_import
 from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule, runs_before_a_launch
 
 
@@ -12,6 +13,10 @@ class CudaProbeBeforeLightningImport(Rule):
     Lightning (`lightning`, `pytorch_lightning` or `lightning_fabric`), in a notebook that later
     launches training. Class bodies (a dataclass default) and default arguments count: they run
     when the cell runs.
+
+    In a notebook that does not use Lightning (Accelerate's `notebook_launcher`), the probe is
+    reported unless `PYTORCH_NVML_BASED_CUDA_CHECK=1` is set before it: nothing there sets it
+    (Accelerate only sets it for its own checks, `accelerate/utils/imports.py`).
 
     ## Why is this bad?
     Without `PYTORCH_NVML_BASED_CUDA_CHECK=1`, `torch.cuda.is_available()` asks the CUDA runtime for
@@ -35,8 +40,9 @@ class CudaProbeBeforeLightningImport(Rule):
     ```
 
     ## Fix safety
-    Safe: the fix imports Lightning (or sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`) before the probe;
-    the probe returns the same answer.
+    Safe: the fix imports Lightning before the probe (or, where the notebook does not import
+    Lightning, sets `os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"` before it: torch reads the
+    variable at each call); the probe returns the same answer.
     """
 
     code = "NBR102"
@@ -68,6 +74,15 @@ trainer.fit(model)
 import torch
 print(torch.cuda.is_available())
 """,
+        # Accelerate notebook with the NVML check set first.
+        """
+import os
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+import torch
+from accelerate import notebook_launcher
+print(torch.cuda.is_available())
+notebook_launcher(training_function, num_processes=2)
+""",
     ]
     INVALID = [
         Invalid(
@@ -96,13 +111,35 @@ trainer.fit(model)
 """,
             at=(1, 6, 21),
         ),
+        # An Accelerate notebook: no Lightning to import.
+        Invalid(
+            """
+import torch
+device = "cuda" if torch.cuda.is_available() else "cpu"
+# %%
+from accelerate import notebook_launcher
+notebook_launcher(training_function, num_processes=2)
+""",
+            at=(1, 2, 20),
+            message_contains="PYTORCH_NVML_BASED_CUDA_CHECK",
+        ),
     ]
 
     def check(self, facts):
         first_import = facts.lightning_import
+        lightning = uses_lightning(facts)
         for probe in facts.cuda_probes:
             if first_import is not None and probe.statement >= first_import:
                 continue
             if runs_before_a_launch(facts, probe):
                 via = f"`{probe.via}()` calls `torch.cuda.is_available()`, which" if probe.via else "`torch.cuda.is_available()`"
-                yield Finding(probe.node, f"{via} runs before Lightning is imported and poisons fork for the training processes; import Lightning first")
+                if lightning:
+                    yield Finding(probe.node, f"{via} runs before Lightning is imported and poisons fork for the training processes; import Lightning first")
+                else:
+                    yield Finding(probe.node, f"{via} runs without the NVML-based check and poisons fork for the training processes; set `os.environ[\"PYTORCH_NVML_BASED_CUDA_CHECK\"] = \"1\"` in the first cell, before importing torch, or move the probe into the training function")
+
+
+def uses_lightning(facts) -> bool:
+    """Does the notebook import Lightning at top level, or launch with it? (An Accelerate notebook
+    does neither: telling it to import Lightning would be odd advice.)"""
+    return lightning_import(facts) is not None or any(lp.kind != "notebook_launcher" for lp in facts.launches)

@@ -157,14 +157,57 @@ run(train_data=loader)
             at=(2, 2, 10),
             message_contains="trainer.fit",
         ),
+        # Accelerate: handed to the launched function through `args=`, or read by it as a global.
+        Invalid(
+            """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from accelerate import Accelerator, notebook_launcher
+train_ds = TensorDataset(torch.randn(64, 4))
+eval_loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
+# %%
+def training_function(train_ds):
+    accelerator = Accelerator()
+    loader = accelerator.prepare(DataLoader(train_ds, batch_size=8))
+    for batch in eval_loader:
+        ...
+
+notebook_launcher(training_function, args=(train_ds,), num_processes=2)
+""",
+            at=(1, 4, 12),
+            message_contains="reaches `notebook_launcher`; build it inside the launched function",
+        ),
     ]
+    INVALID.append(
+        Invalid(
+            """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from accelerate import Accelerator, notebook_launcher
+train_ds = TensorDataset(torch.randn(64, 4))
+eval_loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
+# %%
+def training_function(train_ds):
+    accelerator = Accelerator()
+    loader = accelerator.prepare(DataLoader(train_ds, batch_size=8))
+    for batch in eval_loader:
+        ...
+
+notebook_launcher(training_function, args=(train_ds,), num_processes=2)
+""",
+            at=(1, 5, 15),
+            message_contains="`eval_loader` (DataLoader)",
+        )
+    )
 
     def check(self, facts):
         for build in facts.data:
-            where = f"`{build.handed_to}`" if build.handed_to and "." in build.handed_to else (build.handed_to or "training")
+            accelerate = build.handed_to == "notebook_launcher"
+            where = f"`{build.handed_to}`" if build.handed_to and ("." in build.handed_to or accelerate) else (build.handed_to or "training")
             through = f" through `{build.through}`" if build.through else ""
             names = ", ".join(f"`{n}`" for n in build.names) or "data"
-            yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and reaches {where}{through}; build it inside the launched function or a `*_dataloader` hook")
+            advice = "build it inside the launched function" + ("" if accelerate else " or a `*_dataloader` hook")
+            yield Finding(build.node, f"{names} ({build.label}) is built in the notebook process and reaches {where}{through}; {advice}")
         launches_of: dict[str, tuple[list, list[int]]] = {}  # name -> the launches handed it, and their statements
         if facts.datamodule_setups:
             for lp in facts.launches:  # in statement order
