@@ -104,6 +104,11 @@ def _devices(facts: NotebookFacts, options: Options) -> Edit:
     return Edit(changes, replacements)
 
 
+def _num_processes(facts: NotebookFacts, options: Options) -> Edit:
+    changes, replacements = local_fixes.explicit_num_processes(facts, options.devices)
+    return Edit(changes, replacements)
+
+
 def _cuda_around_fit(facts: NotebookFacts, options: Options) -> Edit:
     plan, replacements, changes = local_fixes.cuda_before_fit(facts)
     return Edit(changes, replacements, plan)
@@ -122,6 +127,21 @@ def _wrap_training(facts: NotebookFacts, options: Options) -> Edit:
     return Edit(list(outcome.changes), module=module, refused=list(outcome.refused))
 
 
+def _wrap_accelerate(facts: NotebookFacts, options: Options) -> Edit:
+    from codemods.wrap_training import wrap_accelerate
+
+    outcome = wrap_accelerate(facts, allow_unsafe=options.unsafe_fixes, devices=options.devices)
+    module = outcome.module if outcome.module is not facts.module else None
+    return Edit(list(outcome.changes), module=module, refused=list(outcome.refused))
+
+
+def _accelerator_inside(facts: NotebookFacts, options: Options) -> Edit:
+    from codemods.accelerator_inside import accelerator_into_function
+
+    plan, changes, refused = accelerator_into_function(facts)
+    return Edit(changes, plan=plan, refused=refused)
+
+
 def _cuda_into_on_fit_start(facts: NotebookFacts, options: Options) -> Edit:
     plan, changes = local_fixes.cuda_into_on_fit_start(facts)
     return Edit(changes, plan=plan)
@@ -138,10 +158,12 @@ FIXES: tuple[Fix, ...] = (
     Fix("unwrap the __main__ guard", ("NBR101", "NBR201", "NBR301", "NBR302"), unsafe=False, run=_main_guard),
     Fix("notebook strategy", ("NBR401",), unsafe=False, run=_strategies),
     Fix("explicit devices", ("NBR402",), unsafe=False, run=_devices, needs_devices=True),
-    Fix("explicit num_processes", ("NBR403",), unsafe=False, run=lambda facts, options: Edit(*local_fixes.explicit_num_processes(facts, options.devices)), needs_devices=True),
+    Fix("explicit num_processes", ("NBR403",), unsafe=False, run=_num_processes, needs_devices=True),
     Fix("CUDA around fit", ("NBR101",), unsafe=True, run=_cuda_around_fit),
     Fix("Lightning before the CUDA probe", ("NBR102",), unsafe=False, run=_import_before_probe),
     Fix("training into train(fabric)", ("NBR301", "NBR302", "NBR201", "NBR101"), unsafe=False, run=_wrap_training),
+    Fix("Accelerate training into training_function()", ("NBR305", "NBR103", "NBR101"), unsafe=False, run=_wrap_accelerate, needs_devices=True),
+    Fix("Accelerator into the launched function", ("NBR103",), unsafe=False, run=_accelerator_inside),
     Fix("CUDA into on_fit_start", ("NBR101",), unsafe=True, run=_cuda_into_on_fit_start),
     Fix("data into the dataloader hooks", ("NBR201",), unsafe=False, run=_data_into_hooks),
     Fix("logger version before the launch", ("NBR501",), unsafe=False, run=_logger_version),

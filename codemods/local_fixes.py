@@ -113,14 +113,39 @@ def _is_lightning_module(expr: cst.BaseExpression, facts: NotebookFacts) -> bool
     return False
 
 
+def _moved_name(facts: NotebookFacts, index: int, call: cst.Call) -> cst.BaseExpression:
+    """What `.cuda()` / `.to(...)` moves: its receiver, or the name a line binds it to
+    (`model = Net().to(device)`)."""
+    node = facts.statements[index].node
+    if isinstance(node, cst.SimpleStatementLine) and len(node.body) == 1 and isinstance(node.body[0], cst.Assign):
+        targets = node.body[0].targets
+        if node.body[0].value is call and len(targets) == 1 and isinstance(targets[0].target, cst.Name):
+            return targets[0].target
+    return call.func.value
+
+
+def _prepared_by_launcher(expr: cst.BaseExpression, facts: NotebookFacts) -> bool:
+    """A notebook name handed to `notebook_launcher` whose launched function calls `.prepare(...)`
+    (Accelerate moves what it prepares to each process's device)."""
+    if not isinstance(expr, cst.Name):
+        return False
+    for lp in facts.launches:
+        summary = facts.functions.get(lp.function or "") if lp.kind == "notebook_launcher" and lp.via is None else None
+        if summary is not None and expr.value in lp.direct and any(
+                isinstance(c.func, cst.Attribute) and c.func.attr.value == "prepare" for c in summary.calls):
+            return True
+    return False
+
+
 def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
-    """NBR101 in Trainer notebooks (unsafe): the Trainer moves the model to its devices itself, so
+    """NBR101 in Trainer and Accelerate notebooks (unsafe): the Trainer (or `accelerator.prepare` in
+    the function `notebook_launcher` runs) moves the model to its devices itself, so
     `model.cuda()` / `model.to(device)` before a launch goes; checkpoints are loaded onto the CPU
     (`map_location="cpu"`), in cells and in the notebook functions they call."""
     plan = BodyPlan()
     replacements: dict[int, cst.CSTNode] = {}
     changes = []
-    if not any(lp.kind.startswith("trainer.") for lp in facts.launches):
+    if not any(lp.kind.startswith("trainer.") or lp.kind == "notebook_launcher" for lp in facts.launches):
         return plan, replacements, changes
     for use in facts.cuda:
         if not runs_before_a_launch(facts, use):
@@ -139,7 +164,8 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
         elif attr == "load" and N.dotted(func) is not None and N.call_arg(call, "map_location", 1) is None and "torch" in (N.dotted(func) or ""):
             replacements[id(call)] = _with_map_location(call)
             changes.append(("NBR101", call, f"{N.dotted(func)}(..., map_location=\"cpu\")"))
-        elif attr in ("cuda", "to") and use.via is None and _is_lightning_module(func.value, facts):
+        elif attr in ("cuda", "to") and use.via is None and (
+                _is_lightning_module(func.value, facts) or _prepared_by_launcher(_moved_name(facts, use.statement, call), facts)):
             st = facts.statements[use.statement]
             node = st.node
             receiver = func.value
@@ -154,7 +180,9 @@ def cuda_before_fit(facts: NotebookFacts) -> tuple[BodyPlan, dict[int, cst.CSTNo
                 plan.remove(use.statement)
             elif id(call) not in replacements and not any(id(n) in replacements for n in walk(node)):
                 replacements[id(call)] = receiver
-            changes.append(("NBR101", call, f"removed `.{attr}(...)` on the LightningModule: the Trainer moves it to each process's device"))
+            mover = "the Trainer moves" if _is_lightning_module(receiver, facts) else "`accelerator.prepare` in the launched function moves"
+            what = "the LightningModule" if _is_lightning_module(receiver, facts) else f"`{N.dotted(_moved_name(facts, use.statement, call))}`"
+            changes.append(("NBR101", call, f"removed `.{attr}(...)` on {what}: {mover} it to each process's device"))
     return plan, replacements, changes
 
 

@@ -51,6 +51,37 @@ class Outcome:
     refused: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Launcher:
+    """How the training function is written and launched: Fabric's `def train(fabric)` and
+    `fabric.launch(train)`, or Accelerate's `def training_function()` (which creates its own
+    `Accelerator`) and `notebook_launcher(training_function, num_processes=N)`."""
+
+    owner: str  # the Fabric / Accelerator name: its `.print`, `.device`, rank 0
+    function: str  # the new function's name
+    params: tuple[str, ...]
+    rank_zero: str  # the test that is true on rank 0 only
+    launch: str  # the launch line, `{fn}` for the function's name
+    code: str  # the rule of training at top level
+
+    @classmethod
+    def fabric(cls, name: str) -> "Launcher":
+        return cls(name, "train", (name,), f"{name}.global_rank == 0", f"{name}.launch({{fn}})", "NBR302")
+
+    @classmethod
+    def accelerate(cls, name: str, launcher: str, devices: int) -> "Launcher":
+        return cls(name, "training_function", (), f"{name}.is_main_process", f"{launcher}({{fn}}, num_processes={devices})", "NBR305")
+
+    def unwrapped(self, name: str, kind: str | None) -> str:
+        """What rank 0 saves for a name set up for training: the plain module / optimizer."""
+        if self.params:  # Fabric
+            return f"{name}.module" if kind == "module" else f"{name}.optimizer" if kind == "optimizer" else name
+        return f"{self.owner}.unwrap_model({name})" if kind == "module" else name
+
+    def signature(self, function: str | None = None) -> str:
+        return f"{function or self.function}({', '.join(self.params)})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Classifying top-level statements
 
@@ -187,7 +218,59 @@ def wrap_training(facts: NotebookFacts, *, allow_unsafe: bool) -> Outcome:
                 f"`{fabric_name}.launch({existing})`; move it into `{existing}` by hand (what it reads from `{existing}` "
                 "exists only in the training processes)")
         return _move_into_existing(facts, out, launch, existing, hazards, fabric_name, allow_unsafe)
-    return _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_unsafe)
+    return _wrap_region(facts, out, launch, top_training, hazards, Launcher.fabric(fabric_name), allow_unsafe)
+
+
+def wrap_accelerate(facts: NotebookFacts, *, allow_unsafe: bool, devices: int | None) -> Outcome:
+    """Accelerate training at top level (NBR305, with the `Accelerator` NBR103 and what it
+    prepares) moves into `def training_function():`, launched by `notebook_launcher`."""
+    out = Outcome(facts.module)
+    top = sorted({t.statement for t in getattr(facts, "accelerate_training", ()) if t.via is None})
+    if not top or any(lp.kind == "notebook_launcher" for lp in facts.launches):
+        return out
+    states = sorted({s.statement for s in getattr(facts, "accelerate_states", ()) if s.via is None})
+    owners = [t.value for i in states for t, _ in _assign_pairs(facts.statements[i].node) if isinstance(t, cst.Name)]
+    if len(states) != 1 or len(owners) != 1:
+        out.refused.append("not rewritten (NBR305): the notebook needs exactly one top-level `accelerator = Accelerator(...)` to move into the training function")
+        return out
+    if devices is None:
+        out.refused.append("not rewritten (NBR305): `notebook_launcher` needs `num_processes`: run fix with `--devices N`")
+        return out
+    launcher = _launcher_name(facts)
+    owner = owners[0]
+    readers = [st.index for st in facts.statements if st.index > states[0] and owner in st.uses]
+    region = sorted({*top, *states, *readers})
+    style = Launcher.accelerate(owner, launcher, devices)
+    result = _wrap_region(facts, out, None, region, _hazard_statements(facts, None), style, allow_unsafe)
+    if result.module is not facts.module and launcher not in facts.env:
+        result.module = _with_launcher_import(result.module, launcher)
+    return result
+
+
+def _launcher_name(facts: NotebookFacts) -> str:
+    for name, v in facts.env.items():
+        if v.kind == "module" and v.qname == N.NOTEBOOK_LAUNCHER:
+            return name
+    return "notebook_launcher"
+
+
+def _with_launcher_import(module: cst.Module, name: str) -> cst.Module:
+    """`notebook_launcher` joins the notebook's `from accelerate import ...` line, or gets its own
+    line after the first import."""
+    body = list(module.body)
+    for i, st in enumerate(body):
+        for j, small in enumerate(getattr(st, "body", ()) if isinstance(st, cst.SimpleStatementLine) else ()):
+            if isinstance(small, cst.ImportFrom) and not small.relative and N.dotted(small.module) == "accelerate" \
+                    and not isinstance(small.names, cst.ImportStar):
+                names = [*small.names[:-1], small.names[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))), cst.ImportAlias(cst.Name(name))]
+                parts = list(st.body)
+                parts[j] = small.with_changes(names=names)
+                body[i] = st.with_changes(body=parts)
+                return module.with_changes(body=body)
+    at = next((i + 1 for i, st in enumerate(body) if isinstance(st, cst.SimpleStatementLine)
+               and any(isinstance(x, (cst.Import, cst.ImportFrom)) for x in st.body)), 0)
+    body.insert(at, cst.parse_statement(f"from accelerate import {name}\n"))
+    return module.with_changes(body=body)
 
 
 def _assign_pairs(node: cst.CSTNode):
@@ -378,7 +461,7 @@ def _factory_for(facts: NotebookFacts, exploration: list[int], moved: list[int],
     return sorted(factory)
 
 
-def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_unsafe) -> Outcome:
+def _wrap_region(facts, out, launch, top_training, hazards, style: Launcher, allow_unsafe) -> Outcome:
     end_candidates = list(top_training) + ([launch.statement] if launch else [])
     end = max(end_candidates)
     start_candidates = list(top_training) + ([launch.statement + 1] if launch else [])
@@ -407,7 +490,7 @@ def _wrap_region(facts, out, launch, top_training, hazards, fabric_name, allow_u
         return out
     anchor = moved[0]  # `def train` goes where the region starts, not where pulled-in code was
     moved, copies = _pull_in_read_before_assigned(facts, moved, launch.statement if launch else end)
-    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=True, end=end, copies=copies, anchor=anchor, rebinds=rebinds)
+    return _emit(facts, out, launch, moved, exploration, style, hazards, new_function=True, end=end, copies=copies, anchor=anchor, rebinds=rebinds)
 
 
 def _in_region(st: Statement, facts: NotebookFacts, earlier: set[str], region_defined: set[str]) -> bool:
@@ -494,7 +577,7 @@ def _move_into_existing(facts, out, launch, function, hazards, fabric_name, allo
         return out
     moved = _closure(facts, seeds, launch.statement - 1)
     moved, exploration, rebinds = _split_exploration(facts, moved, set(summary.free_names), set())
-    return _emit(facts, out, launch, moved, exploration, fabric_name, hazards, new_function=False, function=function, rebinds=rebinds)
+    return _emit(facts, out, launch, moved, exploration, Launcher.fabric(fabric_name), hazards, new_function=False, function=function, rebinds=rebinds)
 
 
 def _called_factory(st: Statement) -> str | None:
@@ -507,7 +590,7 @@ def _called_factory(st: Statement) -> str | None:
     return None
 
 
-def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_function, end=None, function=None, copies=(), anchor=None, rebinds=frozenset()) -> Outcome:
+def _emit(facts, out, launch, moved, exploration, style: Launcher, hazards, *, new_function, end=None, function=None, copies=(), anchor=None, rebinds=frozenset()) -> Outcome:
     module = facts.module
     statements = facts.statements
     after_launch = {st.index for st in statements if st.index > (end if new_function else launch.statement)}
@@ -524,7 +607,7 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     factory_names = set().union(*(statements[i].defines for i in factory)) if factory else set()
     data_statements = _data_statements(facts)
     kept_data = {n for i in copies if i in data_statements for n in statements[i].defines}
-    come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {fabric_name})
+    come_back = sorted((defined_in_train & used_after) - factory_names - kept_data - {style.owner})
     taken = set(facts.env) | defined_in_train | set().union(*(st.uses for st in statements))
 
     results_path = fresh_name("train_results_path", taken)
@@ -556,9 +639,9 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     # The statements that will run in the training processes, in order: first copies of the
     # top-level definitions that train reads before it rebinds them.
     train_body: list[cst.BaseStatement] = []
-    to_fabric_print = _PrintToFabric(fabric_name)
+    to_fabric_print = _PrintToFabric(style.owner)
     train_name = function
-    on_device = ProcessDevice(f"{_fabric_parameter(facts, function) or fabric_name}.device", facts)  # CUDA -> each process's own device
+    on_device = ProcessDevice(f"{_fabric_parameter(facts, function) or style.owner}.device", facts)  # CUDA -> each process's own device
     factory_done = False
     for i in sorted(set(moved) | set(copies)):
         if i in copies:  # the original stays where it was, with its comments: they travel once
@@ -578,14 +661,18 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
 
     # What the notebook reads after training comes back through a file written by rank 0.
     save_items = []
-    setups = _fabric_setup_kinds(facts, moved)
+    setups = _setup_kinds(facts, moved, style)
+    unsendable = [n for n in come_back if setups.get(n) == "other"]
+    if unsendable:
+        out.refused.append(
+            f"not rewritten: the notebook reads {', '.join(f'`{n}`' for n in unsendable)} after training, which "
+            f"`{style.owner}.prepare` wrapped for the training processes; move that code into the training function by hand")
+        return out
     for name in come_back:
-        kind = setups.get(name)
-        value = f"{name}.module" if kind == "module" else f"{name}.optimizer" if kind == "optimizer" else name
-        save_items.append(f'"{name}": {value}')
+        save_items.append(f'"{name}": {style.unwrapped(name, setups.get(name))}')
     if come_back:
         save = cst.parse_statement(
-            f"if {fabric_name}.global_rank == 0:\n"
+            f"if {style.rank_zero}:\n"
             f"    {torch_alias}.save({{{', '.join(save_items)}}}, {results_path})\n"
         )
         train_body.append(save.with_changes(leading_lines=[
@@ -602,13 +689,13 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         factory_call = None
     cells_moved = sorted({statements[i].cell for i in moved})
     if new_function:
-        train_name = fresh_name("train", taken)
+        train_name = fresh_name(style.function, taken)
         fn = cst.FunctionDef(
             name=cst.Name(train_name),
-            params=cst.Parameters(params=[cst.Param(cst.Name(fabric_name))]),
+            params=cst.Parameters(params=[cst.Param(cst.Name(p)) for p in style.params]),
             body=cst.IndentedBlock(body=first_in_block(train_body) or [cst.SimpleStatementLine([cst.Pass()])]),
         )
-        launch_lines = [cst.parse_statement(f"{fabric_name}.launch({train_name})\n")]
+        launch_lines = [cst.parse_statement(style.launch.format(fn=train_name) + "\n")]
         if come_back:
             launch_lines = _results_round_trip(facts, launch_lines[0], results_path, torch_alias, come_back, taken)
         last_moved = moved[-1]
@@ -635,9 +722,9 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
         else:
             plan.replace(first_moved, [*head, fn])
             plan.replace(launch_at, launch_lines)
-        codes = sorted({"NBR302"} | ({"NBR301"} if launch is not None else set()) | {c for i in moved for c in hazards.get(i, [])})
+        codes = sorted({style.code} | ({"NBR301"} if launch is not None else set()) | {c for i in moved for c in hazards.get(i, [])})
         changes.append((codes[0] if "NBR301" not in codes else "NBR301", statements[first_moved].cell,
-                        f"moved {len(moved)} statement{'s' * (len(moved) != 1)} from {_cells(cells_moved)} into {train_name}({fabric_name}) and launched it"))
+                        f"moved {len(moved)} statement{'s' * (len(moved) != 1)} from {_cells(cells_moved)} into {style.signature(train_name)} and launched it"))
     else:
         fn_index = next(st.index for st in statements if isinstance(st.node, cst.FunctionDef) and st.node.name.value == function)
         fn_node = statements[fn_index].node
@@ -653,16 +740,16 @@ def _emit(facts, out, launch, moved, exploration, fabric_name, hazards, *, new_f
     for i in moved:
         for code in hazards.get(i, []):
             what = "built the data" if code == "NBR201" else "deferred the CUDA work"
-            changes.append((code, statements[i].cell, f"{what} of cell {statements[i].cell + 1} inside {function or 'train'}({fabric_name})"))
+            changes.append((code, statements[i].cell, f"{what} of cell {statements[i].cell + 1} inside {style.signature(function)}"))
     if factory:
         changes.append(("NBR201", statements[factory[0]].cell, f"exploration cells read the data through {factory_name}(), which each training process also calls"))
     if come_back:
-        changes.append(("NBR302", statements[moved[-1]].cell, f"rank 0 saves {', '.join(come_back)} to {RESULTS_FILE} in a temporary folder; the notebook loads them after training"))
+        changes.append((style.code, statements[moved[-1]].cell, f"rank 0 saves {', '.join(come_back)} to {RESULTS_FILE} in a temporary folder; the notebook loads them after training"))
     if on_device.rewrites:
         changes.append(("NBR101", statements[first_moved].cell,
-                        f"{train_name}({fabric_name}) places its tensors on each process's own device: {on_device.summary()}"))
+                        f"{style.signature(train_name)} places its tensors on each process's own device: {on_device.summary()}"))
     if to_fabric_print.count:
-        changes.append(("NBR302", statements[first_moved].cell, f"{to_fabric_print.count} print call{'s' * (to_fabric_print.count != 1)} became {fabric_name}.print (rank 0 prints once)"))
+        changes.append((style.code, statements[first_moved].cell, f"{to_fabric_print.count} print call{'s' * (to_fabric_print.count != 1)} became {style.owner}.print (rank 0 prints once)"))
     out.module = rebuild(module, plan)
     out.changes.extend(changes)
     return out
@@ -701,6 +788,27 @@ def _cells(cells: list[int]) -> str:
     if len(numbers) == 1:
         return f"cell {numbers[0]}"
     return f"cells {numbers[0]}-{numbers[-1]}"
+
+
+def _setup_kinds(facts: NotebookFacts, moved: list[int], style: Launcher) -> dict[str, str]:
+    """Names the moved code set up for training, and what they hold ("module", "optimizer", or
+    "other" for what Accelerate prepared that is neither a module nor known)."""
+    return _fabric_setup_kinds(facts, moved) if style.params else _prepared_kinds(facts, moved, style.owner)
+
+
+def _prepared_kinds(facts: NotebookFacts, moved: list[int], owner: str) -> dict[str, str]:
+    """`model, optimizer, loader = accelerator.prepare(model, optimizer, loader)`: a name whose
+    `.parameters()` the moved code reads is a module; the others are "other"."""
+    code = "\n".join(facts.module.code_for_node(facts.statements[i].node) for i in moved)
+    kinds: dict[str, str] = {}
+    for i in moved:
+        for target, value in _assign_pairs(facts.statements[i].node):
+            if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) and value.func.attr.value == "prepare"
+                    and N.dotted(value.func.value) == owner):
+                continue
+            for name in sorted(target_names(target)):
+                kinds[name] = "module" if f"{name}.parameters(" in code else "other"
+    return kinds
 
 
 def _fabric_setup_kinds(facts: NotebookFacts, moved: list[int]) -> dict[str, str]:

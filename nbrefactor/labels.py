@@ -57,6 +57,13 @@ def finding_key(d: Diagnostic, notebook: Notebook, lines_of: dict[int, list[str]
     return d.code, message, _snippet(d, notebook, lines_of)
 
 
+def _needs_devices() -> set[str]:
+    """The rules some fix answers only when `--devices N` is given."""
+    from codemods.fixes import FIXES
+
+    return {code for fix in FIXES if fix.needs_devices for code in fix.codes}
+
+
 def _fixable_rules() -> set[str]:
     from codemods.rules import ALL_RULES, FixAvailability
 
@@ -99,7 +106,8 @@ def probe(
     fixed_with: tuple[bool, int | None] | None = None,
 ) -> list[tuple[str, str | None]]:
     """(applicability, option needed) for each diagnostic of `notebook`, found by fixing it in
-    memory: plain, with `--unsafe-fixes`, and with `--devices N` where NBR402 is among them.
+    memory: plain, with `--unsafe-fixes`, and with `--devices N` where a rule whose fix needs it
+    (NBR402, NBR403, NBR305) is among them.
 
     `fixed_with=(unsafe_fixes, devices)` says the notebook is what `fix` with those flags left:
     the modes those flags already cover are not tried again, so the labels say what to add."""
@@ -117,8 +125,8 @@ def probe(
             break
         if fixed_with is not None and (mode_unsafe < unsafe_given or (mode_devices == devices and mode_unsafe == unsafe_given)):
             continue  # covered by what `fix` itself just did
-        if needs and not any(diagnostics[i].code == "NBR402" for i in todo):
-            continue  # only NBR402 has a fix that `--devices` enables
+        if needs and not any(diagnostics[i].code in _needs_devices() for i in todo):
+            continue  # no finding here has a fix that `--devices` enables
         try:
             result = fix_notebook(notebook, unsafe_fixes=mode_unsafe, devices=mode_devices, selection=selection)
         except Exception:  # a fixer error is reported by `fix`; here only a label is lost

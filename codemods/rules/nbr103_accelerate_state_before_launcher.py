@@ -54,9 +54,11 @@ class AccelerateStateBeforeLauncher(Rule):
     ```
 
     ## Fix safety
-    Safe where offered: the fix moves the `Accelerator(...)` into the launched function, where
-    each training process creates its own. Findings the fixer cannot rewrite soundly are left for
-    a manual fix.
+    Safe where offered: a top-level `accelerator = Accelerator(...)` line that only the launched
+    function reads moves into that function, as its first statement (after a docstring), so each
+    training process creates its own. When other top-level code reads it too (`.to(accelerator.
+    device)`), the fix refuses and says which cell. A top-level notebook with no launcher at all
+    is NBR305's fix.
     """
 
     code = "NBR103"

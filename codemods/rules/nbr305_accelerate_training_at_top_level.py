@@ -45,8 +45,14 @@ class AccelerateTrainingAtTopLevel(Rule):
     ```
 
     ## Fix safety
-    Safe where offered: the fix wraps the training region into a function launched with
-    `notebook_launcher`. Findings the fixer cannot rewrite soundly are left for a manual fix.
+    Safe, and only with `--devices N` (`notebook_launcher` needs `num_processes`): the training
+    region (the `Accelerator(...)`, what is built after it for training, the loop and every later
+    line that uses the accelerator) moves, in order, into `def training_function():` in the cell
+    where it started, and `notebook_launcher(training_function, num_processes=N)` goes where it
+    ended. `print` becomes `accelerator.print`; names the notebook reads afterwards come back
+    from the main process through a file (`accelerator.unwrap_model(model)` for a prepared
+    model). It refuses, and says why, when the notebook has several `Accelerator`s or reads a
+    prepared optimizer or loader after training.
     """
 
     code = "NBR305"

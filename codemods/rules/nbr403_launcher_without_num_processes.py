@@ -51,7 +51,7 @@ class LauncherWithoutNumProcesses(Rule):
     name = "launcher-without-num-processes"
     summary = "`notebook_launcher(...)` without `num_processes` raises in current Accelerate"
     applicability = Applicability.SAFE
-    fix_availability = FixAvailability.SOMETIMES
+    fix_availability = FixAvailability.ALWAYS
     fix_title = "Pass `num_processes=N` (`nbrefactor fix --devices N`)"
 
     VALID = [
