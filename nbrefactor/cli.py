@@ -55,6 +55,7 @@ def main() -> None:
       nbrefactor fix NOTEBOOK...     rewrite it into the fork-safe layout
       nbrefactor run NOTEBOOK        run it in a real kernel on N forked devices: pass/fail, cell, line, rule
       nbrefactor rules [CODE]        the rule catalogue
+      nbrefactor export NB -o F.py   write it as a training script for torchrun, fabric run, SLURM
     """
 
 
@@ -552,6 +553,43 @@ def rule_table() -> str:
     for r in ALL_RULES:
         lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.fix_availability.value} |")
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("notebook", type=click.Path())
+@click.option("-o", "--output", default="train.py", show_default=True, type=click.Path(dir_okay=False), help="The script to write.")
+@click.option("--engine", type=click.Choice(["torchrun", "fabric", "slurm"]), help="Print the launch commands for this engine (slurm also writes SCRIPT.sbatch beside the script).")
+@click.option("--nodes", type=click.IntRange(min=1), help="Machines for the multi-node commands and the sbatch file (default: the notebook's num_nodes; 2 in the torchrun/fabric example).")
+@click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if the files on disk differ from what export would write (for CI).")
+def export(notebook, output, engine, nodes, check_only):
+    """Write NOTEBOOK, as `fix` leaves it, as a training script for torchrun, `fabric run` or SLURM.
+
+    The Trainer/Fabric reads `--accelerator`, `--devices`, `--num-nodes` (Fabric also `--strategy`,
+    `--precision` where the notebook sets them), defaulting to the notebook's values; training runs
+    in `main(args)` under `if __name__ == "__main__":`. Display-only code is left out with a
+    comment. Exit 0 written (or, with --check, up to date), 1 stale (--check), 2 error.
+    """
+    from nbrefactor import export as ex
+    from nbrefactor.writer import write_atomically
+
+    nb, name, _pair, _data = _load(notebook, None)
+    try:
+        result = ex.export_notebook(nb, name)
+    except NotebookError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bug: one error line, not a traceback
+        raise internal_error(name, err) from None
+    files = ex.outputs(result, output, engine, nodes)
+    if check_only:
+        stale = ex.stale(files)
+        for path in stale:
+            click.echo(f"{path}: out of date with {name} (run `nbrefactor export {name} -o {output}`)")
+        sys.exit(EXIT_FINDINGS if stale else EXIT_CLEAN)
+    for path, text in files.items():
+        write_atomically(path, text, like=text.encode("utf-8"))  # the script's own \n endings
+        click.echo(f"{name} -> {path}", err=True)
+    if engine:
+        click.echo(ex.commands(result.plan, output, engine, nodes), nl=False)
 
 
 from nbrefactor.launcher.command import run as _run  # noqa: E402 - imports click only; torch/nbclient load inside

@@ -1,0 +1,413 @@
+"""A fixed notebook's code cells as a script for real distributed launchers (`nbrefactor export`).
+
+Input: the code cells of the notebook as `fix` leaves it, each with its number in the original
+notebook. Output: a script whose Trainer/Fabric construction reads `--accelerator`, `--devices`,
+`--num-nodes` (and, for Fabric, `--strategy`/`--precision` where the notebook sets them), with the
+training cells in `def main(args):` under `if __name__ == "__main__":`. Display-only code (plots,
+`display(...)`, a bare expression ending a cell, magics, shell lines) is left out with a comment.
+Works on source text with `ast` positions so that comments are kept; no nbrefactor import.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+DISPLAY_MODULES = ("matplotlib", "seaborn", "IPython", "plotly")
+DISPLAY_NAMES = frozenset({"plt", "sns", "display", "px", "go"})
+FORK_STRATEGIES = frozenset({"ddp_notebook", "ddp_fork", "ddp_spawn", "ddp_notebook_find_unused_parameters_true",
+                             "ddp_fork_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_true"})
+HOISTED = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+class ExportError(Exception):
+    """Why the notebook cannot be exported (one line)."""
+
+
+@dataclass
+class Piece:
+    """One top-level statement of a cell, with the comment lines above it."""
+
+    cell: int  # 1-based number in the original notebook
+    text: str
+    node: ast.stmt
+
+
+@dataclass
+class Option:
+    name: str  # the keyword argument (`num_nodes`)
+    default: object
+    note: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass
+class Plan:
+    kind: str  # "trainer" | "fabric"
+    options: list[Option] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # comment lines: what was left out
+
+    def default(self, name: str, fallback=None):
+        return next((o.default for o in self.options if o.name == name), fallback)
+
+
+# --- reading cells -------------------------------------------------------------------------------
+
+
+def _without_magics(source: str, cell: int, notes: list[str]) -> str | None:
+    """The cell with IPython lines commented out; None for a cell magic (`%%...`)."""
+    if source.lstrip().startswith("%%"):
+        notes.append(f"# cell {cell} left out: cell magic {source.lstrip().splitlines()[0]!r}")
+        return None
+    lines = []
+    for line in source.split("\n"):
+        if line.lstrip().startswith(("%", "!")):
+            notes.append(f"# cell {cell}: left out {line.strip()!r} (IPython)")
+            line = line[: len(line) - len(line.lstrip())] + "pass" if line[:1].isspace() else ""
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _pieces(source: str, cell: int) -> list[Piece]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ExportError(f"cell {cell} is not Python after its IPython lines are left out ({err.msg}, line {err.lineno})") from None
+    lines = source.split("\n")
+    out, start = [], 0
+    for node in tree.body:
+        end = node.end_lineno
+        text = "\n".join(lines[start:end]).rstrip("\n")
+        out.append(Piece(cell, text, node))
+        start = end
+    return out
+
+
+# --- display-only code ---------------------------------------------------------------------------
+
+
+def _names(node) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _bound(node) -> set[str]:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _display_import(node) -> bool:
+    if isinstance(node, ast.Import):
+        return all(a.name.split(".")[0] in DISPLAY_MODULES for a in node.names)
+    return isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in DISPLAY_MODULES
+
+
+def _is_display(node, shown: set[str]) -> bool:
+    """Whether a statement only draws or shows something (reads only display names)."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return _display_import(node)
+    if isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        return bool(_names(node) & shown)
+    if isinstance(node, (ast.For, ast.If, ast.With, ast.While)):
+        body = [*node.body, *getattr(node, "orelse", [])]
+        return all(_is_display(s, shown) for s in body)
+    return False
+
+
+def _shown_at_end(node) -> bool:
+    """A bare expression ending a cell: Jupyter shows it, a script would compute it for nothing."""
+    return isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom))
+
+
+def _keep(pieces: list[Piece], shown: set[str], notes: list[str]) -> list[Piece]:
+    kept = []
+    for i, p in enumerate(pieces):
+        if _is_display(p.node, shown) or (i == len(pieces) - 1 and _shown_at_end(p.node)):
+            shown |= _bound(p.node)
+            first = ast.unparse(p.node).split("\n")[0]
+            notes.append(f"# cell {p.cell}: left out {first!r} (display)")
+            continue
+        kept.append(p)
+    return kept
+
+
+def read_cells(cells: list[tuple[int, str]], plan: Plan) -> list[Piece]:
+    """The statements to export, in order; what is left out is noted in `plan.notes`."""
+    shown = set(DISPLAY_NAMES)
+    out: list[Piece] = []
+    for number, source in cells:
+        text = _without_magics(source, number, plan.notes)
+        if text is None or not text.strip():
+            continue
+        notes_before = len(plan.notes)
+        kept = _keep(_pieces(text, number), shown, plan.notes)
+        if not kept and len(plan.notes) > notes_before:
+            del plan.notes[notes_before:]
+            plan.notes.append(f"# cell {number} left out: it only displays")
+        out.extend(kept)
+    return out
+
+
+# --- the constructor -----------------------------------------------------------------------------
+
+
+def _callee(call: ast.Call) -> str:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+
+
+def _constructors(node) -> list[ast.Call]:
+    return [n for n in ast.walk(node) if isinstance(n, ast.Call) and _callee(n) in ("Trainer", "Fabric")]
+
+
+def find_constructor(pieces: list[Piece]) -> tuple[int, ast.Call]:
+    """(index of the top-level statement building the Trainer/Fabric, the call)."""
+    found = [(i, c) for i, p in enumerate(pieces) for c in _constructors(p.node)]
+    if not found:
+        raise ExportError("no lightning Trainer(...) or Fabric(...) to export")
+    if len(found) > 1:
+        cells = ", ".join(str(pieces[i].cell) for i, _ in found)
+        raise ExportError(f"{len(found)} Trainer/Fabric constructions (cells {cells}); export handles one")
+    i, call = found[0]
+    if isinstance(pieces[i].node, HOISTED):
+        raise ExportError(f"cell {pieces[i].cell}: the {_callee(call)} is built inside a function or class; export needs it at top level")
+    return i, call
+
+
+def _literal(node):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+MANAGED = {"trainer": ("accelerator", "devices", "num_nodes"), "fabric": ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+FALLBACK = {"accelerator": "auto", "devices": "auto", "num_nodes": 1}
+
+
+def plan_options(call: ast.Call, plan: Plan) -> None:
+    given = {k.arg: k.value for k in call.keywords if k.arg}
+    for name in MANAGED[plan.kind]:
+        if name not in given and name not in FALLBACK:
+            continue  # Fabric's strategy/precision: options only where the notebook sets them
+        value = _literal(given[name]) if name in given else FALLBACK[name]
+        note = ""
+        if name in given and value is None:
+            value, note = FALLBACK.get(name, "auto"), f"the notebook's {ast.unparse(given[name])!r} is not a literal"
+        if name == "strategy" and value in FORK_STRATEGIES:
+            value, note = "ddp", f"the notebook's {value!r} forks, which a script launcher does itself"
+        plan.options.append(Option(name, value, note))
+
+
+def _span(text: str, node) -> tuple[int, int]:
+    lines = text.split("\n")
+    return _byte_col(lines, node.lineno, node.col_offset), _byte_col(lines, node.end_lineno, node.end_col_offset)
+
+
+def _byte_col(lines: list[str], line: int, col: int) -> int:
+    """A character offset into the joined text from ast's (line, UTF-8 byte column)."""
+    before = sum(len(s) + 1 for s in lines[: line - 1])
+    return before + len(lines[line - 1].encode("utf-8")[:col].decode("utf-8", errors="ignore"))
+
+
+def rewrite_constructor(piece: Piece, plan: Plan) -> str:
+    """The statement's text with the managed keyword arguments read from `args`; a Trainer's
+    forking strategy becomes "ddp"."""
+    text = piece.text
+    tree = ast.parse(text)
+    call = _constructors(tree)[0]
+    edits = []  # (start, end, replacement), applied from the end
+    given = {k.arg: k for k in call.keywords if k.arg}
+    for option in plan.options:
+        if option.name in given:
+            edits.append((*_span(text, given[option.name].value), f"args.{option.name}"))
+    strategy = given.get("strategy")
+    if plan.kind == "trainer" and strategy is not None and _literal(strategy.value) in FORK_STRATEGIES:
+        edits.append((*_span(text, strategy.value), '"ddp"'))
+    missing = [o for o in plan.options if o.name not in given]
+    if missing:
+        end = _span(text, call)[1] - 1  # the closing parenthesis
+        head = text[:end].rstrip()
+        sep = "" if head.endswith(("(", ",")) else ","
+        sep += " " if not head.endswith("(") else ""
+        added = ", ".join(f"{o.name}=args.{o.name}" for o in missing)
+        edits.append((len(head), end, f"{sep}{added}"))
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+# --- the script ----------------------------------------------------------------------------------
+
+
+def _free_reads(top: list[Piece]) -> set[str]:
+    """Global names read inside the module-level functions and classes (symtable's scopes)."""
+    import symtable
+
+    source = "\n".join(p.text for p in top if isinstance(p.node, HOISTED[2:]))
+    out: set[str] = set()
+    stack = list(symtable.symtable(source, "<export>", "exec").get_children())
+    while stack:
+        table = stack.pop()
+        out |= {s.get_name() for s in table.get_symbols() if s.is_global() and s.is_referenced()}
+        stack.extend(table.get_children())
+    return out
+
+
+def _target(piece: Piece) -> str | None:
+    node = piece.node
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line if line.strip() else "" for line in text.split("\n"))
+
+
+def _is_print(node) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and _callee(node.value) == "print"
+
+
+def _launch_calls(node) -> list[ast.Call]:
+    return [n for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "launch"]
+
+
+def _launches(node) -> bool:
+    return bool(_launch_calls(node))
+
+
+LAUNCHER = '''def launcher(fabric):
+    """`fabric.launch`; under `fabric run`, which has started the processes and refuses `launch()`,
+    a direct call of the function."""
+    import os
+
+    if os.environ.get("LT_CLI_USED", "0") not in ("", "0"):
+        return lambda function=lambda fabric: None, *args, **kwargs: function(fabric, *args, **kwargs)
+    return fabric.launch'''
+
+
+def rewrite_launch(piece: Piece) -> str:
+    """`fabric.launch(...)` as `launcher(fabric)(...)`, which `fabric run` accepts too."""
+    text = piece.text
+    for call in sorted(_launch_calls(ast.parse(text)), key=lambda c: (c.lineno, c.col_offset), reverse=True):
+        start, end = _span(text, call.func)
+        text = f"{text[:start]}launcher({ast.unparse(call.func.value)}){text[end:]}"
+    return text
+
+
+def _print_after_launch(text: str, owner: str) -> str:
+    """`print(..., launcher(fabric)(train))`: launch on every rank, print on rank 0."""
+    call = next(c for c in ast.walk(ast.parse(text)) if isinstance(c, ast.Call) and isinstance(c.func, ast.Call)
+                and _callee(c.func) == "launcher")
+    start, end = _span(text, call)
+    lines = [f"launch_result = {text[start:end]}", f"if {owner}.global_rank == 0:", _indent(text[:start] + "launch_result" + text[end:])]
+    return "\n".join(lines)
+
+
+def _guarded(body: list[Piece], ctor: Piece, kind: str) -> list[bool]:
+    """Which statements of main run on rank 0 only: prints once the Trainer/Fabric is built (the
+    notebook printed once); for Fabric, all that follows `fabric.launch` (it reads the results
+    rank 0 holds, as the notebook process did)."""
+    out, built, launched = [], False, False
+    for p in body:
+        out.append(launched or (built and _is_print(p.node) and not _launches(p.node)))
+        built = built or p is ctor
+        launched = launched or (kind == "fabric" and _launches(p.node))
+    return out
+
+
+def _main_body(body: list[Piece], texts: dict[int, str], guards: list[bool], owner: str | None) -> list[str]:
+    """main's lines, consecutive rank-0 statements in one `if OWNER.global_rank == 0:` block."""
+    out, cell, open_ = [], None, False
+    for p, guard in zip(body, guards):
+        guard = guard and owner is not None
+        if guard and not open_:
+            out.append(f"if {owner}.global_rank == 0:")
+        open_ = guard
+        pad = "    " if guard else ""
+        text = texts.get(id(p), p.text)
+        if p.cell != cell:
+            cell, text = p.cell, text.lstrip("\n")
+            out.append(f"{pad}# cell {cell}")
+        out.append(_indent(text, pad) if pad else text)
+    return out
+
+
+def _main(pieces: list[Piece], start: int, ctor: int, plan: Plan) -> tuple[list[Piece], list[str]]:
+    """(module-level statements, lines of `def main(args):`) from the cell of the constructor on."""
+    first = next(i for i, p in enumerate(pieces) if p.cell == pieces[ctor].cell)
+    first = min(first, start)
+    top = pieces[:first] + [p for p in pieces[first:] if isinstance(p.node, HOISTED)]
+    body = [p for p in pieces[first:] if not isinstance(p.node, HOISTED)]
+    texts = {id(pieces[ctor]): rewrite_constructor(pieces[ctor], plan)}
+    owner = _target(pieces[ctor])
+    if plan.kind == "fabric":
+        texts.update({id(p): rewrite_launch(p) for p in body if _launches(p.node)})
+        for p in body:
+            if owner and _is_print(p.node) and _launches(p.node):
+                texts[id(p)] = _print_after_launch(texts[id(p)], owner)
+    guards = _guarded(body, pieces[ctor], plan.kind)
+    lines = _main_body(body, texts, guards, owner)
+    stored = set().union(*(_bound(p.node) for p in body)) if body else set()
+    shared = sorted(stored & _free_reads(top))
+    head = [f"global {', '.join(shared)}"] if shared else []
+    return top, head + lines
+
+
+def _args_function(plan: Plan, notebook: str) -> str:
+    lines = [
+        "def parse_args(argv=None):",
+        f'    parser = argparse.ArgumentParser(description="Training exported from {notebook} by nbrefactor.")',
+    ]
+    for o in plan.options:
+        kind = ", type=_devices" if o.name == "devices" else ", type=int" if o.name == "num_nodes" else ""
+        note = f" ({o.note})" if o.note else ""
+        help_ = f"{o.name} of the {plan.kind.capitalize()} (default: {o.default!r}{note})".replace("%", "%%")
+        lines.append(f"    parser.add_argument({o.flag!r}{kind}, default={o.default!r}, help={help_!r})")
+    lines.append("    return parser.parse_args(argv)")
+    return "\n".join(lines)
+
+
+DEVICES_TYPE = '''def _devices(text):
+    """`--devices 2` is a number of devices, `--devices 0,1` or `auto` are given as written."""
+    return int(text) if text.isdigit() else text'''
+
+
+def render(notebook: str, pieces: list[Piece], plan: Plan, start: int, ctor: int) -> str:
+    top, main_lines = _main(pieces, start, ctor, plan)
+    cells = sorted({p.cell for p in pieces})
+    header = [
+        f"# Exported by `nbrefactor export` from {notebook}, cells {', '.join(map(str, cells))}.",
+        "# Edit the notebook and export again; `nbrefactor export --check` says when this file is stale.",
+        *plan.notes,
+    ]
+    parts = ["\n".join(header), "import argparse"]
+    for cell in dict.fromkeys(p.cell for p in top):
+        parts.append(f"# cell {cell}\n" + "\n".join(p.text for p in top if p.cell == cell).lstrip("\n"))
+    parts.append(DEVICES_TYPE)
+    if plan.kind == "fabric":
+        parts.append(LAUNCHER)
+    parts.append(_args_function(plan, notebook))
+    parts.append("def main(args):\n" + _indent("\n".join(main_lines)))
+    parts.append('if __name__ == "__main__":\n    main(parse_args())')
+    return "\n\n\n".join(parts) + "\n"
+
+
+def export_script(notebook: str, cells: list[tuple[int, str]], kind: str, start: int | None = None) -> tuple[str, Plan]:
+    """(script text, plan) for the code cells (original number, source) of a fixed notebook.
+
+    `kind` is "trainer" or "fabric"; `start`, if given, is the cell number where main begins at
+    the latest (the first launch's cell)."""
+    plan = Plan(kind)
+    pieces = read_cells(cells, plan)
+    ctor, call = find_constructor(pieces)
+    expected = "Trainer" if kind == "trainer" else "Fabric"
+    if _callee(call) != expected:
+        raise ExportError(f"the notebook launches with {kind} but builds a {_callee(call)}")
+    plan_options(call, plan)
+    first = next((i for i, p in enumerate(pieces) if start is not None and p.cell >= start), len(pieces))
+    return render(notebook, pieces, plan, first, ctor), plan

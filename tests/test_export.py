@@ -1,0 +1,215 @@
+"""`nbrefactor export`: the script runs under real launchers (torchrun on 2 CPU processes, two
+torchrun "nodes" on this machine, `fabric run`) and prints what the notebook printed in one
+process; the sbatch file, `--check`, errors, and the goldens in golden_export/ byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nbrefactor import export as ex
+from nbrefactor.notebook.model import read_notebook
+from tests.conftest import ROOT, run_cli
+from tests.kernel import ONE_PROCESS_CELL, single_process_env
+
+TRAINER = "golden/trainer_synthetic/input.ipynb"
+FABRIC = "golden/fabric_script_style/input.ipynb"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+CASES = sorted(p for p in (ROOT / "golden_export").iterdir() if (p / "case.json").is_file())
+
+
+def _export(notebook: str, folder: Path, *args: str) -> Path:
+    script = folder / "train.py"
+    r = run_cli("export", notebook, "-o", str(script), *args, cwd=ROOT)
+    assert r.returncode == 0, r.stderr.decode()
+    return script
+
+
+def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=False, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=240)
+
+
+def _lines(text: str) -> list[str]:
+    return sorted(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+def _one_process_prints(notebook: str, tmp: Path) -> list[str]:
+    """What the notebook prints run in one process (its code cells, magics left out)."""
+    nb = read_notebook(ROOT / notebook)
+    code = "\n".join(line for c in nb.code_cells for line in c.source.split("\n") if not line.lstrip().startswith(("%", "!")))
+    path = tmp / "one_process.py"
+    path.write_text(ONE_PROCESS_CELL + "\n" + code)
+    r = _run([sys.executable, str(path)], tmp, {**ENV, **single_process_env()})
+    assert r.returncode == 0, r.stderr
+    return _lines(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory) -> dict[str, Path]:
+    """Each notebook exported once for the tests that run it."""
+    return {nb: _export(nb, tmp_path_factory.mktemp(Path(nb).parent.name)) for nb in (TRAINER, FABRIC)}
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("notebook", [TRAINER, FABRIC], ids=["trainer", "fabric"])
+def test_export_runs_under_torchrun_on_two_ranks_and_prints_what_the_notebook_printed(notebook, scripts, tmp_path):
+    script = scripts[notebook]
+    r = _run(_torchrun("--standalone", "--nproc_per_node", "2", str(script), "--accelerator", "cpu", "--devices", "2"), tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MEMBER: 1/2" in r.stderr and "MEMBER: 2/2" in r.stderr
+    assert _lines(r.stdout) == _one_process_prints(notebook, tmp_path)
+
+
+def test_trainer_export_runs_on_two_nodes(scripts, tmp_path):
+    script = scripts[TRAINER]
+    port = str(_free_port())
+    agents = [
+        subprocess.Popen(
+            _torchrun("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                      "--master_port", port, str(script), "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2"),
+            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [a.communicate(timeout=240) for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], [err[-2000:] for _, err in outs]
+    assert "MEMBER: 1/2" in outs[0][1] and "MEMBER: 2/2" in outs[1][1]
+
+
+def test_fabric_export_runs_under_fabric_run(scripts, tmp_path):
+    fabric = Path(sys.executable).parent / "fabric"
+    if not fabric.exists():
+        pytest.skip("the `fabric` CLI (lightning.fabric) is not installed beside this Python")
+    script = scripts[FABRIC]
+    r = _run([str(fabric), "run", "--accelerator", "cpu", "--devices", "2", str(script)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MEMBER: 1/2" in r.stderr and "MEMBER: 2/2" in r.stderr
+    assert "final loss 0.0 after 30 epochs" in r.stdout
+
+
+def _plan(notebook: str):
+    return ex.export_notebook(read_notebook(ROOT / notebook), notebook).plan
+
+
+def test_sbatch_has_one_task_per_device_and_srun():
+    plan = _plan(TRAINER)
+    text = ex.sbatch(plan, "jobs/train.py", nodes=4)
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash -l"
+    assert "#SBATCH --nodes=4" in lines and "#SBATCH --ntasks-per-node=2" in lines
+    assert not any("--gpus-per-node" in line for line in lines)  # the notebook trains on the CPU
+    assert lines[-1] == "srun python train.py --accelerator cpu --devices 2 --num-nodes 4"
+    plan.options[0].default = "gpu"
+    assert "#SBATCH --gpus-per-node=2" in ex.sbatch(plan, "train.py", nodes=4).splitlines()
+
+
+def test_engine_commands():
+    plan = _plan(TRAINER)
+    torchrun = ex.commands(plan, "train.py", "torchrun")
+    assert "torchrun --standalone --nproc_per_node 2 train.py --accelerator cpu --devices 2\n" in torchrun
+    assert "--nnodes 2 --node_rank $NODE_RANK --nproc_per_node 2 --master_addr $MASTER_ADDR --master_port 29500" in torchrun
+    assert "fabric run --accelerator cpu --devices 2 train.py" in ex.commands(plan, "train.py", "fabric")
+
+
+def test_check_exits_0_when_up_to_date_and_1_when_stale(tmp_path):
+    script = _export(TRAINER, tmp_path, "--engine", "slurm")
+    assert (tmp_path / "train.sbatch").is_file()
+    args = ("export", TRAINER, "-o", str(script), "--engine", "slurm", "--check")
+    assert run_cli(*args, cwd=ROOT).returncode == 0
+    script.write_text(script.read_text() + "# edited\n")
+    r = run_cli(*args, cwd=ROOT)
+    assert r.returncode == 1 and b"out of date" in r.stdout
+    script.unlink()
+    assert run_cli(*args, cwd=ROOT).returncode == 1
+
+
+def _notebook(tmp_path: Path, *sources: str) -> Path:
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": s} for i, s in enumerate(sources)]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+@pytest.mark.parametrize("sources, why", [
+    (("import torch\nprint(torch.ones(2))",), "no training found"),
+    (("import lightning as L\ntrainer = L.Trainer(devices=2)\ntrainer.fit(model)\nother = L.Trainer(devices=1)\nother.fit(model)",), "2 Trainer/Fabric constructions"),
+])
+def test_unexportable_notebook_is_one_error_line(tmp_path, sources, why):
+    r = run_cli("export", str(_notebook(tmp_path, *sources)), "-o", str(tmp_path / "train.py"))
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error:") and why in err[0], err
+    assert not (tmp_path / "train.py").exists()
+
+
+def test_two_fabric_launches_are_refused():
+    r = run_cli("export", "golden/fabric_two_launches/input.ipynb", "-o", "/nonexistent/train.py", cwd=ROOT)
+    assert r.returncode == 2 and b"2 fabric.launch calls" in r.stderr
+
+
+def test_display_only_code_is_left_out_with_a_comment(tmp_path):
+    path = _notebook(
+        tmp_path,
+        "import lightning as L\nimport matplotlib.pyplot as plt",
+        "%matplotlib inline\ntrainer = L.Trainer(devices=2, strategy='ddp_notebook')\ntrainer.fit(model)",
+        "fig, ax = plt.subplots()\nax.plot(trainer.callback_metrics['loss'])\nplt.show()",
+        "trainer.callback_metrics",
+        "!nvidia-smi",
+    )
+    script = ex.export_notebook(read_notebook(path), "nb.ipynb").script
+    assert "# cell 3 left out: it only displays" in script and "# cell 4 left out: it only displays" in script
+    assert "# cell 2: left out '%matplotlib inline' (IPython)" in script and "'!nvidia-smi'" in script
+    assert "plt" not in script.replace("# ", "").split("import argparse")[1]
+    assert 'strategy="ddp"' in script and "devices=args.devices" in script and "accelerator=args.accelerator" in script
+    compile(script, "train.py", "exec")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
+def test_export_reproduces_golden(case, update_goldens):
+    meta = json.loads((case / "case.json").read_text())
+    result = ex.export_notebook(read_notebook(ROOT / meta["notebook"]), meta["notebook"])
+    files = ex.outputs(result, "train.py", meta.get("engine"), meta.get("nodes"))
+    for name, text in files.items():
+        if update_goldens:
+            (case / name).write_text(text, encoding="utf-8")
+        assert (case / name).read_text(encoding="utf-8") == text, f"{case.name}/{name}: {meta['about']}"
+
+
+def test_local_pre_commit_hook_fails_when_the_script_is_stale(tmp_path):
+    """The README's `repo: local` hook: `export --check` with the notebook and script as its args."""
+    pytest.importorskip("pre_commit", reason="pre-commit is not installed")
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    shutil.copy(ROOT / TRAINER, tmp_path / "train.ipynb")
+    assert run_cli("export", "train.ipynb", "-o", "train.py", cwd=tmp_path).returncode == 0
+    hook = {"id": "nbrefactor-export", "name": "export", "entry": f"{sys.executable} -m nbrefactor export --check train.ipynb -o train.py",
+            "language": "system", "files": r"^train\.(ipynb|py)$", "pass_filenames": False}
+    (tmp_path / ".pre-commit-config.yaml").write_text(json.dumps({"repos": [{"repo": "local", "hooks": [hook]}]}))
+    env = {**ENV, "PRE_COMMIT_HOME": str(tmp_path / ".pre-commit-home"), "NO_COLOR": "1"}
+
+    def pre_commit() -> subprocess.CompletedProcess:
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+        subprocess.run(["git", "add", "train.ipynb", "train.py", ".pre-commit-config.yaml"], cwd=tmp_path, check=True)
+        return _run([sys.executable, "-m", "pre_commit", "run", "--all-files"], tmp_path, env)
+
+    r = pre_commit()
+    assert r.returncode == 0 and "Passed" in r.stdout, r.stdout + r.stderr
+    (tmp_path / "train.py").write_text("# edited by hand\n")
+    r = pre_commit()
+    assert r.returncode == 1 and "train.py: out of date with train.ipynb" in r.stdout, r.stdout + r.stderr
