@@ -12,6 +12,10 @@ The order: a `__main__` guard around code another fix rewrites is unwrapped firs
 rewrites (strategy, devices, checkpoints and `.cuda()` around a Trainer, the import order), then
 the structural ones (the Fabric training region, CUDA into `on_fit_start`,
 data into the dataloader hooks).
+
+A fix belongs to a context (`Fix.contexts`, notebooks by default): a plain script (`Options.context
+== "script"`) gets only the fixes for scripts (NBR601 `ddp`, NBR603 the `__main__` guard), and a
+notebook never gets those.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Options:
     devices: int | None = None
     enabled: Callable[[str], bool] = lambda code: True  # the rule selection
     only: frozenset[str] | None = None  # these fixes (by name) and no others
+    context: str = "notebook"  # "script": a plain `.py` file; only the fixes for its context run
 
 
 @dataclass
@@ -59,10 +64,12 @@ class Fix:
     unsafe: bool  # only with --unsafe-fixes
     run: Callable[[NotebookFacts, Options], Edit]
     needs_devices: bool = False  # only with --devices N
+    contexts: tuple[str, ...] = ("notebook",)  # where the fix applies (a notebook fix never edits a script)
 
     def wanted(self, options: Options) -> bool:
         return (
-            (options.unsafe_fixes or not self.unsafe)
+            options.context in self.contexts
+            and (options.unsafe_fixes or not self.unsafe)
             and (options.devices is not None or not self.needs_devices)
             and any(options.enabled(code) for code in self.codes)
             and (options.only is None or self.name in options.only)
@@ -97,6 +104,16 @@ def _hand_back(facts: NotebookFacts, options: Options) -> Edit:
 def _strategies(facts: NotebookFacts, options: Options) -> Edit:
     replacements, changes = local_fixes.notebook_strategies(facts)
     return Edit(changes, replacements)
+
+
+def _script_strategies(facts: NotebookFacts, options: Options) -> Edit:
+    replacements, changes = local_fixes.script_strategies(facts)
+    return Edit(changes, replacements)
+
+
+def _script_main_guard(facts: NotebookFacts, options: Options) -> Edit:
+    plan, changes = local_fixes.script_main_guard(facts)
+    return Edit(changes, plan=plan)
 
 
 def _devices(facts: NotebookFacts, options: Options) -> Edit:
@@ -169,6 +186,8 @@ FIXES: tuple[Fix, ...] = (
     Fix("logger version before the launch", ("NBR501",), unsafe=False, run=_logger_version),
     Fix("state handed back from rank 0", ("NBR502", "NBR504"), unsafe=True, run=_hand_back),
     Fix("tuning on one CPU process", ("NBR503",), unsafe=True, run=tuner_fix),
+    Fix("script strategy", ("NBR601",), unsafe=False, run=_script_strategies, contexts=("script",)),
+    Fix("script __main__ guard", ("NBR603",), unsafe=False, run=_script_main_guard, contexts=("script",)),
 )
 
 

@@ -78,6 +78,35 @@ def notebook_strategies(facts: NotebookFacts) -> tuple[dict[int, cst.CSTNode], l
     return replacements, changes
 
 
+def script_strategies(facts: NotebookFacts) -> tuple[dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
+    """NBR601 in a script: `ddp_notebook`/`ddp_fork` -> `ddp` (NBR401's fix, reversed)."""
+    from codemods.rules.nbr601_notebook_launch_in_script import SCRIPT_EQUIVALENT, forking_strategies
+
+    replacements: dict[int, cst.CSTNode] = {}
+    changes = []
+    for c, arg, strategy in forking_strategies(facts):
+        new = SCRIPT_EQUIVALENT[strategy]
+        replacements[id(arg.value)] = _quoted(arg.value, new)
+        changes.append(("NBR601", c.node, f"strategy {strategy!r} -> {new!r}"))
+    return replacements, changes
+
+
+def script_main_guard(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, cst.CSTNode, str]]]:
+    """NBR603 in a script: the statements from the first launching one to the end move into
+    `if __name__ == "__main__":` (only when no definition or import follows it)."""
+    from codemods.rules.nbr603_spawn_without_main_guard import main_guard_plan, spawns
+
+    plan = BodyPlan()
+    found = main_guard_plan(facts) if spawns(facts) else None
+    if found is None:
+        return plan, []
+    first, guard = found
+    plan.replace(first, [guard])
+    for index in range(first + 1, len(facts.statements)):
+        plan.remove(index)
+    return plan, [("NBR603", facts.statements[first].node, 'launching code moved into `if __name__ == "__main__":`')]
+
+
 def explicit_devices(facts: NotebookFacts, devices: int) -> tuple[dict[int, cst.CSTNode], list[tuple[str, cst.CSTNode, str]]]:
     """NBR402 with `--devices N`: `devices="auto"` or no devices -> `devices=N`."""
     replacements: dict[int, cst.CSTNode] = {}

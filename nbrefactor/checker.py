@@ -21,7 +21,7 @@ from nbrefactor.notebook.join import JoinedNotebook, join
 from nbrefactor.notebook.model import Notebook
 
 # Every rule needs at least one of these in the code; a notebook without them has nothing to find.
-_RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|Accelerator|set_start_method|DDPStrategy")
+_RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|Accelerator|set_start_method|DDPStrategy|multiprocessing")
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
 
 
@@ -39,6 +39,7 @@ class Diagnostic:
     applicability: str  # the rule's declared kind until `nbrefactor.labels.label` asks the fixer
     fix_title: str | None
     fix_needs: str | None = None  # an option the fix needs besides --unsafe-fixes (`--devices N`)
+    context: str = "notebook"  # "script": a plain `.py` file, one cell, placed as `path:row:col`
 
     def sort_key(self):
         return (self.path, self.cell, self.row, self.column, self.code)
@@ -144,9 +145,14 @@ def collector_paused(notebook: Notebook):
                 gc.enable()
 
 
+def context_of(notebook: Notebook) -> str:
+    """"script" for a plain `.py` file read as one cell (`nbrefactor.discover.read_script`)."""
+    return getattr(notebook, "context", "notebook")
+
+
 def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     from codemods.facts import analyse
-    from codemods.rules import ALL_RULES
+    from codemods.rules import ALL_RULES, Finding
 
     result = NotebookCheck(notebook)
     if not any(_RELEVANT.search(c.source) for c in notebook.code_cells):
@@ -156,11 +162,13 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
     facts = analyse(module)
     result.facts = facts
     findings = []
+    context = context_of(notebook)
     for rule in ALL_RULES:
-        if not selection.enabled(rule.code):
+        if not selection.enabled(rule.code) or context not in rule.contexts:
             continue
-        for finding in rule().check(facts):
-            findings.append((rule, finding))
+        checker = rule(context)
+        for finding in checker.check(facts):
+            findings.append((rule, Finding(finding.node, checker.worded(finding.message))))
     if not findings:
         return result
     owners = {id(call): st.index for st in facts.statements for call in st.calls}
@@ -194,6 +202,7 @@ def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
                 end_column=end_column,
                 applicability=rule.applicability.value,
                 fix_title=rule.fix_title,
+                context=context,
             )
         )
     result.diagnostics.sort(key=Diagnostic.sort_key)

@@ -60,19 +60,38 @@ def main() -> None:
 
 
 _STDIN_HELP = "Name of the notebook read from `-` (stdin): its suffix gives the format (default: JSON is .ipynb, text is a jupytext .py notebook)."
+_INCLUDE_SCRIPTS_HELP = (
+    "Also take the plain Python scripts (no jupytext header or cell markers) found in folders, and checked "
+    "with the rules for scripts. A script named on the command line is always checked."
+)
 _PRE_COMMIT_HELP = (
     "Run as a pre-commit hook: only the files named (none: nothing to do, exit 0), `.py`/`.md` files "
     "only when they are jupytext notebooks, and `exclude` applies to them."
 )
 
 
-def _paths(paths, settings, pre_commit: bool):
+def _paths(paths, settings, pre_commit: bool, include_scripts: bool = False):
     """(files, errors) to work on; the sides of a jupytext pair count once."""
     from nbrefactor.discover import named_notebooks, notebook_paths
 
+    include_scripts = include_scripts or settings.include_scripts
     if pre_commit:
-        return named_notebooks(list(paths), settings.exclude)
-    return notebook_paths(list(paths or (".",)), settings.exclude)
+        return named_notebooks(list(paths), settings.exclude, include_scripts)
+    return notebook_paths(list(paths or (".",)), settings.exclude, include_scripts)
+
+
+def _where(name: str, notebook, cell: int) -> str:
+    """`name:cell N`, or `name` for a script (one cell: rows are the file's lines)."""
+    from nbrefactor.checker import context_of
+
+    return name if context_of(notebook) == "script" else f"{name}:cell {cell}"
+
+
+def _in_cell(notebook, cell: int) -> str:
+    """`cell N: ` before a change, nothing in a script."""
+    from nbrefactor.checker import context_of
+
+    return "" if context_of(notebook) == "script" else f"cell {cell}: "
 
 
 def _load(path, stdin_filename: str | None):
@@ -87,6 +106,10 @@ def _load(path, stdin_filename: str | None):
         name = stdin_filename or ("stdin.ipynb" if data.lstrip().startswith(b"{") else "stdin.py")
         return read_notebook(name, data), stdin_filename or "-", None, data
     data = read_file(path)
+    from nbrefactor.discover import is_plain_script, read_script
+
+    if is_plain_script(Path(path)):
+        return read_script(path, data), str(path), None, data
     from nbrefactor.notebook.pairs import may_be_paired, read_pair
 
     if may_be_paired(path, data.decode("utf-8", errors="replace")):
@@ -154,22 +177,24 @@ def _statistics(diagnostics, output_format: str) -> str:
 @click.option("--isolated", is_flag=True, help="Ignore [tool.nbrefactor] in pyproject.toml.")
 @click.option("--stdin-filename", metavar="NAME", help=_STDIN_HELP)
 @click.option("--pre-commit", "pre_commit", is_flag=True, help=_PRE_COMMIT_HELP)
-def check(paths, output_format, select, extend_select, ignore, exit_zero, statistics, quiet, isolated, stdin_filename, pre_commit):
+@click.option("--include-scripts", is_flag=True, help=_INCLUDE_SCRIPTS_HELP)
+def check(paths, output_format, select, extend_select, ignore, exit_zero, statistics, quiet, isolated, stdin_filename, pre_commit, include_scripts):
     """Find fork-unsafe code in notebooks (files, or folders searched for notebooks; `-` reads stdin).
 
-    Prints `path:cell N:row:col: CODE message` per finding. Exit 0 clean, 1 findings, 2 error.
-    A side of a jupytext pair is checked as `jupytext --sync` would read the pair.
+    Prints `path:cell N:row:col: CODE message` per finding (`path:row:col: ...` in a script).
+    Exit 0 clean, 1 findings, 2 error. A side of a jupytext pair is checked as `jupytext --sync`
+    would read the pair.
     """
     from nbrefactor.report import render
 
     settings = _settings(isolated, select, extend_select, ignore, quiet)
     selection = settings.selection()
 
-    files, errors = _paths(paths, settings, pre_commit)
+    files, errors = _paths(paths, settings, pre_commit, include_scripts)
     for err in errors:
         _error(err.one_line())
     diagnostics = []
-    checked = 0
+    checked = scripts = 0
     for outcome in _map_files(_check_file, files, stdin_filename, selection):
         for note in outcome.notes:
             _note(note, quiet)
@@ -177,6 +202,7 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
             errors.append(outcome.error)
             _error(outcome.error.one_line())
         checked += outcome.checked
+        scripts += outcome.script
         diagnostics.extend(outcome.diagnostics)
 
     if not files and not errors and not pre_commit:
@@ -187,12 +213,18 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
         click.echo(render(diagnostics, output_format), nl=False)
     if output_format in ("text", "concise") and not quiet:
         if diagnostics:
-            click.echo(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {checked} notebook{'s' * (checked != 1)}. {_fixable_summary(diagnostics)}")
+            click.echo(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {_files(checked, scripts)}. {_fixable_summary(diagnostics)}")
         elif checked:
-            click.echo(f"All checks passed ({checked} notebook{'s' * (checked != 1)}).")
+            click.echo(f"All checks passed ({_files(checked, scripts)}).")
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_FINDINGS if diagnostics and not exit_zero else EXIT_CLEAN)
+
+
+def _files(count: int, scripts: int) -> str:
+    """`3 notebooks`, `1 script`, `4 files` (notebooks and scripts)."""
+    noun = "notebook" if not scripts else "script" if scripts == count else "file"
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def _fixable_summary(diagnostics) -> str:
@@ -214,6 +246,7 @@ class _FileOutcome:
     notes: list[str] = field(default_factory=list)
     error: NotebookError | None = None
     checked: bool = False
+    script: bool = False  # a plain script, checked with the rules for scripts
 
 
 def _check_file(path, stdin_filename, selection) -> _FileOutcome:
@@ -242,7 +275,7 @@ def internal_error(path, err: BaseException) -> NotebookError:
 
 
 def _check_one(path, stdin_filename, selection) -> _FileOutcome:
-    from nbrefactor.checker import check_notebook
+    from nbrefactor.checker import check_notebook, context_of
     from nbrefactor.notebook.pairs import PairOutsideFolder
 
     out = _FileOutcome()
@@ -266,9 +299,10 @@ def _check_one(path, stdin_filename, selection) -> _FileOutcome:
     notebook.path = name
     result = check_notebook(notebook, selection)
     out.checked = True
+    out.script = context_of(notebook) == "script"
     for w in result.warnings:
         row = f":{w.row}" if w.row else ""
-        out.notes.append(f"{name}:cell {w.cell}{row}: {w.message}")
+        out.notes.append(f"{_where(name, notebook, w.cell)}{row}: {w.message}")
     from nbrefactor.labels import label
 
     out.diagnostics = label(result, selection)  # what `fix` will really do
@@ -335,7 +369,8 @@ def _settings(isolated, select, extend_select, ignore, quiet):
 @click.option("--isolated", is_flag=True, help="Ignore [tool.nbrefactor] in pyproject.toml.")
 @click.option("--stdin-filename", metavar="NAME", help=_STDIN_HELP)
 @click.option("--pre-commit", "pre_commit", is_flag=True, help=_PRE_COMMIT_HELP)
-def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, extend_select, ignore, exit_zero, quiet, isolated, stdin_filename, pre_commit):
+@click.option("--include-scripts", is_flag=True, help=_INCLUDE_SCRIPTS_HELP)
+def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, extend_select, ignore, exit_zero, quiet, isolated, stdin_filename, pre_commit, include_scripts):
     """Rewrite notebooks into the fork-safe layout.
 
     Fabric: training into `def train(fabric)` + `fabric.launch(train)`, data and CUDA work inside
@@ -357,7 +392,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     if unsafe_fixes is None:
         unsafe_fixes = settings.unsafe_fixes
     selection = settings.selection()
-    files, errors = _paths(paths, settings, pre_commit)
+    files, errors = _paths(paths, settings, pre_commit, include_scripts)
     for err in errors:
         _error(err.one_line())
     if output and len(files) != 1:
@@ -365,7 +400,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
         sys.exit(EXIT_ERROR)
     piped = any(str(p) == "-" for p in files)
     to_stderr = piped or show_diff  # stdout carries the notebook (or the diff)
-    would_change = 0
+    would_change = scripts_changed = 0
     remaining_total = 0
     remaining_labels: list = []
     fixed_total = 0
@@ -410,6 +445,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                     write_atomically(output or path, result.fixed, None if output else fingerprint(data), like=data)
                 # Counted once written (or shown): a refused write must not read as a change.
                 would_change += 1
+                scripts_changed += _in_cell(notebook, 0) == ""
                 fixed_total += len(list(_dedupe(result.changes)))
                 if not quiet and not show_diff:
                     verb = "would fix" if check_only else "fixed"
@@ -417,7 +453,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
                     paired = f" (and {', '.join(also)}, its jupytext pair)" if also else ""
                     click.echo(f"{name}{target}: {verb}{paired}", err=to_stderr)
                     for ch in _dedupe(result.changes):
-                        click.echo(f"  cell {ch.cell}: {ch.code} {ch.message}", err=to_stderr)
+                        click.echo(f"  {_in_cell(notebook, ch.cell)}{ch.code} {ch.message}", err=to_stderr)
             if stdin and not (show_diff or check_only):
                 from nbrefactor.writer import keep_line_endings
 
@@ -443,7 +479,7 @@ def fix(paths, show_diff, check_only, unsafe_fixes, devices, output, select, ext
     if not quiet and (files or not pre_commit):
         summary = []
         if fixed_total:
-            summary.append(f"{fixed_total} change{'s' * (fixed_total != 1)} in {would_change} notebook{'s' * (would_change != 1)}" + (" (not written)" if show_diff or check_only else ""))
+            summary.append(f"{fixed_total} change{'s' * (fixed_total != 1)} in {_files(would_change, scripts_changed)}" + (" (not written)" if show_diff or check_only else ""))
         if remaining_total:
             summary.append(f"{remaining_total} finding{'s' * (remaining_total != 1)} remain{'s' * (remaining_total == 1)}: {_remaining_summary(remaining_labels)}")
         if summary:
@@ -530,7 +566,7 @@ def rules(code, output_format):
         click.echo(rule_table())
     else:
         for r in ALL_RULES:
-            click.echo(f"{r.code}  {r.name:<38} fix: {r.fix_availability.value:<9} {r.summary}")
+            click.echo(f"{r.code}  {r.name:<38} fix: {r.fix_availability.value:<9} {r.applies_to():<21} {r.summary}")
 
 
 def _rule_json(rule) -> dict:
@@ -541,6 +577,7 @@ def _rule_json(rule) -> dict:
         "fix": rule.fix_availability.sentence,  # ruff's field and words
         "fix_availability": rule.fix_availability.value,
         "fix_title": rule.fix_title,
+        "applies_to": list(rule.contexts),
         "explanation": rule.docs(),
     }
 
@@ -549,9 +586,9 @@ def rule_table() -> str:
     """The README's rule table, generated from the rule classes."""
     from codemods.rules import ALL_RULES
 
-    lines = ["| Code | Name | What it finds | Fix |", "| --- | --- | --- | --- |"]
+    lines = ["| Code | Name | What it finds | Applies to | Fix |", "| --- | --- | --- | --- | --- |"]
     for r in ALL_RULES:
-        lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.fix_availability.value} |")
+        lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.applies_to()} | {r.fix_availability.value} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """`[tool.nbrefactor]` in pyproject.toml, merged with the command line (ruff's names and rules).
 
-Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`, and the limits on the work for
+Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`, `include-scripts` (folder
+search also takes plain Python scripts, as `--include-scripts` does), and the limits on the work for
 one notebook (`max-file-size`, `max-cells`, `max-cell-lines`, `max-line-length`, `max-nesting`,
 `time-budget`: see nbrefactor/limits.py). Codes match by prefix, as in ruff: `NBR1` selects NBR101
 and NBR102, `ALL` selects everything.
@@ -21,7 +22,8 @@ else:  # pragma: no cover
 
 from nbrefactor import limits as _limits
 
-KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", *_limits.KEYS}
+KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", "include-scripts", *_limits.KEYS}
+_FLAGS = {"unsafe-fixes", "include-scripts"}  # keys whose value is true or false
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Settings:
     ignore: tuple[str, ...] = ()
     unsafe_fixes: bool = False
     exclude: tuple[str, ...] = ()
+    include_scripts: bool = False
     limits: _limits.Limits = field(default_factory=_limits.Limits)
     source: Path | None = None  # the pyproject.toml the settings came from
     warnings: list[str] = field(default_factory=list)
@@ -83,10 +86,10 @@ def load_settings(start: Path) -> Settings:
         if key not in KNOWN_KEYS:
             settings.warnings.append(f"{path}: unknown key `{key}` in [tool.nbrefactor] (known: {', '.join(sorted(KNOWN_KEYS))})")
             continue
-        if key == "unsafe-fixes":
+        if key in _FLAGS:
             if not isinstance(value, bool):
-                raise NotebookError(path, "[tool.nbrefactor] unsafe-fixes must be true or false")
-            settings.unsafe_fixes = value
+                raise NotebookError(path, f"[tool.nbrefactor] {key} must be true or false")
+            setattr(settings, key.replace("-", "_"), value)
             continue
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise NotebookError(path, f"[tool.nbrefactor] {key} must be a list of strings")

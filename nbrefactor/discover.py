@@ -1,7 +1,9 @@
 """Which files a command works on: named files as given, folders searched for notebooks.
 
 In a folder every `.ipynb` is a notebook; a `.py` or `.md` counts only when it is a jupytext
-notebook (a jupytext header or `# %%` cell markers), so a package's modules are not linted.
+notebook (a jupytext header or `# %%` cell markers), so a package's modules are not linted, unless
+scripts are asked for (`--include-scripts`). A plain script named on the command line is always
+checked, as a script: the whole file is one cell (`read_script`), and the rules for scripts apply.
 Hidden folders, `.ipynb_checkpoints`, virtual environments and `node_modules` are skipped, and so
 is anything in a folder that is not a regular file (a FIFO, a device, a link to one): it is never
 opened. Named on the command line, such a file is an error.
@@ -17,12 +19,12 @@ import re
 from pathlib import Path
 
 from nbrefactor.errors import NotebookError
-from nbrefactor.notebook.model import is_regular_file
+from nbrefactor.notebook.model import Cell, Notebook, is_regular_file
 
 _SKIP_DIRS = {".ipynb_checkpoints", "node_modules", "__pycache__", "site-packages", "venv", ".venv", "build", "dist"}
 # A jupytext header, or cell markers: percent (`# %%`, `#%%`) or light (`# +`).
 _JUPYTEXT_PY = re.compile(r"^(# ---\n#\s+jupyter:|#\s?%%|#\s+jupyter:|# \+\s*$)", re.MULTILINE)
-SCRIPT_MESSAGE = "a Python script, not a notebook (no jupytext header or cell markers); script rules come later"
+SCRIPT_MESSAGE = "a Python script, not a notebook (no jupytext header or cell markers): `nbrefactor check` and `fix` take scripts, `run` runs notebooks"
 _JUPYTEXT_MD = re.compile(r"^---\n(?:.*\n)*?jupyter:", re.MULTILINE)
 
 
@@ -49,13 +51,54 @@ def is_plain_script(path: Path) -> bool:
     )
 
 
+class ScriptNotebook(Notebook):
+    """A plain Python script as one code cell: rows are the file's lines, and writing it back
+    is writing that cell."""
+
+    context = "script"
+    ending = ""  # the newlines the file ends with: a cell's source has none at its end
+
+    def render(self, new_sources: dict[int, str], deleted: set[int] = frozenset()) -> str:
+        if 0 in deleted:
+            return ""
+        source = new_sources.get(0, self.cells[0].source)
+        return self.raw if source == self.cells[0].source else source.rstrip("\r\n") + self.ending
+
+
+def read_script(path: str | os.PathLike, data: bytes | None = None) -> ScriptNotebook:
+    """A plain `.py` script (or the given bytes, named `path`) as a one-cell notebook."""
+    from nbrefactor import limits
+    from nbrefactor.notebook.model import _decode, read_file
+
+    path = str(path)
+    if data is None:
+        data = read_file(path)
+    limits.check_file_size(path, len(data))
+    text = _decode(path, data)
+    source = text.rstrip("\r\n")
+    cells = [Cell(0, "code", source)]
+    limits.check_cells(path, cells)
+    script = ScriptNotebook(path, "script", cells, "python", text)
+    script.ending = text[len(source):]
+    return script
+
+
+def _wanted(f: Path, include_scripts: bool) -> bool:
+    if f.suffix == ".ipynb":
+        return True
+    if f.suffix in (".py", ".md") and _looks_like_text_notebook(f):
+        return True
+    return include_scripts and is_plain_script(f)
+
+
 def _excluded(path: Path, patterns: tuple[str, ...]) -> bool:
     text = path.as_posix()
     return any(fnmatch.fnmatch(text, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
 
 
-def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[list[Path], list[NotebookError]]:
-    """The notebooks under `paths`, and one error per path that does not exist."""
+def notebook_paths(paths: list[str], exclude: tuple[str, ...] = (), include_scripts: bool = False) -> tuple[list[Path], list[NotebookError]]:
+    """The notebooks (and, with `include_scripts`, the plain scripts) under `paths`, and one error
+    per path that does not exist. A file named is taken as it is, a plain script included."""
     found: list[Path] = []
     errors: list[NotebookError] = []
     for raw in paths:
@@ -69,10 +112,8 @@ def notebook_paths(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[lis
                     f = Path(root, name)
                     if _excluded(f, exclude) or not is_regular_file(f):  # FIFOs, devices, links to them
                         continue
-                    if f.suffix == ".ipynb" or (f.suffix in (".py", ".md") and _looks_like_text_notebook(f)):
+                    if _wanted(f, include_scripts):
                         found.append(f)
-        elif is_plain_script(p):  # named on the command line: say why it is not fixed
-            errors.append(NotebookError(raw, SCRIPT_MESSAGE))
         elif p.exists() or p.is_symlink():
             found.append(p)
         else:
@@ -108,10 +149,10 @@ def _one_per_pair(paths: list[Path]) -> list[Path]:
     return [chosen[k] for k in order]
 
 
-def named_notebooks(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[list[Path], list[NotebookError]]:
+def named_notebooks(paths: list[str], exclude: tuple[str, ...] = (), include_scripts: bool = False) -> tuple[list[Path], list[NotebookError]]:
     """The notebooks among files named one by one, as a pre-commit hook gets them: a `.py` or
-    `.md` file only when it is a jupytext notebook, `exclude` applied, folders searched, the
-    sides of a pair once. No paths: nothing."""
+    `.md` file only when it is a jupytext notebook (or, with `include_scripts`, a plain script),
+    `exclude` applied, folders searched, the sides of a pair once. No paths: nothing."""
     found: list[Path] = []
     errors: list[NotebookError] = []
     folders: list[str] = []
@@ -125,10 +166,10 @@ def named_notebooks(paths: list[str], exclude: tuple[str, ...] = ()) -> tuple[li
             errors.append(NotebookError(raw, "no such file or folder"))
         elif _excluded(p, exclude):
             continue
-        elif p.suffix == ".ipynb" or (p.suffix in (".py", ".md") and _looks_like_text_notebook(p)):
+        elif _wanted(p, include_scripts):
             found.append(p)
     if folders:
-        more, more_errors = notebook_paths(folders, exclude)
+        more, more_errors = notebook_paths(folders, exclude, include_scripts)
         found += more
         errors += more_errors
     return _one_per_pair(found), errors

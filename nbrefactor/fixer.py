@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, node_positions
+from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, context_of, node_positions
 from nbrefactor.config import Selection
 from nbrefactor.notebook.join import CellBoundaryError
 from nbrefactor.notebook.model import Notebook, read_notebook
@@ -89,6 +89,15 @@ def _is_empty(source: str) -> bool:
     return not lines or (len(lines) == 1 and lines[0].startswith("%%"))
 
 
+def _reread(notebook: Notebook, text: str) -> Notebook:
+    """The fixed text read back the way `notebook` was read (a script stays one cell)."""
+    if context_of(notebook) == "script":
+        from nbrefactor.discover import read_script
+
+        return read_script(notebook.path, text.encode("utf-8"))
+    return read_notebook(notebook.path, text.encode("utf-8"))
+
+
 def fix_notebook(
     notebook: Notebook,
     *,
@@ -106,7 +115,7 @@ def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, s
     origin = [c.number for c in notebook.cells]  # current cell index -> number in the original
     from codemods.fixes import Options
 
-    options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled)
+    options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled, context=context_of(notebook))
     check = None
     for _ in range(MAX_PASSES):
         check = check_notebook(current, selection)
@@ -129,7 +138,7 @@ def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, s
         origin = [o for i, o in enumerate(origin) if i not in deleted]
         text = current.render(sources, deleted=deleted)
         result.changes.extend(changes)
-        current = read_notebook(current.path, text.encode("utf-8"))
+        current = _reread(current, text)
         check = None  # the notebook changed: the next pass (or the end) checks it afresh
     result.fixed = current.raw
     result.after = current

@@ -12,7 +12,14 @@ FORMATS = ("text", "json", "github", "sarif", "concise")
 
 
 def text_line(d: Diagnostic) -> str:
+    """`path:cell N:row:col: CODE message`; a script is one cell: `path:line:col: CODE message`."""
+    if d.context == "script":
+        return f"{d.path}:{d.row}:{d.column}: {d.code} {d.message}"
     return f"{d.path}:cell {d.cell}:{d.row}:{d.column}: {d.code} {d.message}"
+
+
+def _cell(d: Diagnostic) -> int | None:
+    return None if d.context == "script" else d.cell
 
 
 def as_text(diagnostics: list[Diagnostic]) -> str:
@@ -31,7 +38,7 @@ def _fix(d: Diagnostic):
 def as_json(diagnostics: list[Diagnostic]) -> str:
     items = [
         {
-            "cell": d.cell,
+            "cell": _cell(d),
             "code": d.code,
             "end_location": {"column": d.end_column, "row": d.end_row},
             "filename": os.path.abspath(d.path),
@@ -62,7 +69,7 @@ def as_github(diagnostics: list[Diagnostic]) -> str:
     for d in diagnostics:
         props = ",".join(
             [
-                f"title={_escape_property(f'nbrefactor ({d.code}) cell {d.cell}')}",
+                f"title={_escape_property(f'nbrefactor ({d.code})' + (f' cell {d.cell}' if _cell(d) else ''))}",
                 f"file={_escape_property(d.path)}",
                 f"line={d.row}",
                 f"col={d.column}",
@@ -92,7 +99,7 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
         {
             "ruleId": d.code,
             "level": "error",
-            "message": {"text": f"cell {d.cell}: {d.message}"},
+            "message": {"text": f"cell {d.cell}: {d.message}" if _cell(d) else d.message},
             "locations": [
                 {
                     "physicalLocation": {
@@ -104,10 +111,10 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
                             "endColumn": d.end_column,
                         },
                     },
-                    "logicalLocations": [{"name": f"cell {d.cell}", "kind": "notebookCell"}],
+                    "logicalLocations": [{"name": f"cell {d.cell}", "kind": "notebookCell"}] if _cell(d) else [],
                 }
             ],
-            "properties": {"cell": d.cell, "fix_applicability": d.applicability, **({"fix_needs": d.fix_needs} if d.fix_needs else {})},
+            "properties": {"cell": _cell(d), "fix_applicability": d.applicability, **({"fix_needs": d.fix_needs} if d.fix_needs else {})},
         }
         for d in diagnostics
     ]

@@ -7,29 +7,39 @@ import re
 
 import pytest
 
-from codemods.rules import ALL_RULES
+from codemods.rules import ALL_RULES, Valid
 from nbrefactor.checker import check_notebook
 from nbrefactor.config import Selection
+from nbrefactor.discover import read_script
 from nbrefactor.notebook.model import notebook_from_cells, split_example
 
 
-def _findings(rule, text):
-    nb = notebook_from_cells(split_example(text))
+def _findings(rule, text, context="notebook"):
+    """A notebook's cells split at `# %%`; a script (`context="script"`) is the text as one file."""
+    if context == "script":
+        nb = read_script("<example>.py", text.lstrip("\n").encode("utf-8"))
+    else:
+        nb = notebook_from_cells(split_example(text))
     return check_notebook(nb, Selection(select=(rule.code,))).diagnostics
 
 
-VALID = [pytest.param(r, i, code, id=f"{r.code}-valid-{i}") for r in ALL_RULES for i, code in enumerate(r.VALID)]
+def _valid(example) -> Valid:
+    return example if isinstance(example, Valid) else Valid(example)
+
+
+VALID = [pytest.param(r, i, _valid(code), id=f"{r.code}-valid-{i}") for r in ALL_RULES for i, code in enumerate(r.VALID)]
 INVALID = [pytest.param(r, i, case, id=f"{r.code}-invalid-{i}") for r in ALL_RULES for i, case in enumerate(r.INVALID)]
 
 
 @pytest.mark.parametrize("rule, i, code", VALID)
 def test_valid_examples_have_no_findings(rule, i, code):
-    assert _findings(rule, code) == []
+    assert _findings(rule, code.code, code.context) == []
 
 
 @pytest.mark.parametrize("rule, i, case", INVALID)
 def test_invalid_examples_are_found_where_they_are(rule, i, case):
-    found = _findings(rule, case.code)
+    assert case.context in rule.contexts, f"{rule.code} does not apply to a {case.context}"
+    found = _findings(rule, case.code, case.context)
     places = [(d.cell, d.row, d.column) for d in found]
     assert case.at in places, f"expected {rule.code} at cell {case.at[0]}:{case.at[1]}:{case.at[2]}, found {places}"
     d = next(d for d in found if (d.cell, d.row, d.column) == case.at)
@@ -46,3 +56,10 @@ def test_every_rule_has_examples_and_docs():
         docs = r.docs()
         for section in ("## What it does", "## Why is this bad?", "## Example", "## Use instead", "## Fix safety"):
             assert section in docs, f"{r.code} docs lack {section!r}"
+
+
+def test_every_rule_says_where_it_applies():
+    for r in ALL_RULES:
+        assert r.contexts and set(r.contexts) <= {"notebook", "script"}, r.code
+        assert r.docs().startswith(f"Applies to: {r.applies_to()}."), r.code
+        assert r.context_reason, f"{r.code} docs must say why it does (not) apply to the other context"

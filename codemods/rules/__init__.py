@@ -3,7 +3,7 @@ are generated from these classes."""
 
 from __future__ import annotations
 
-from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
+from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule, Valid
 from codemods.rules.nbr101_cuda_before_launch import CudaInitializedBeforeLaunch
 from codemods.rules.nbr102_cuda_probe_before_lightning_import import CudaProbeBeforeLightningImport
 from codemods.rules.nbr103_accelerate_state_before_launcher import AccelerateStateBeforeLauncher
@@ -20,6 +20,9 @@ from codemods.rules.nbr501_logger_version_after_launch import LoggerVersionAfter
 from codemods.rules.nbr502_state_changed_in_training_processes import StateChangedInTrainingProcesses
 from codemods.rules.nbr503_tuner_with_forking_strategy import TunerWithForkingStrategy
 from codemods.rules.nbr504_lightning_state_after_launch import LightningStateAfterLaunch
+from codemods.rules.nbr601_notebook_launch_in_script import NotebookLaunchInScript
+from codemods.rules.nbr602_download_in_every_process import DownloadInEveryProcess
+from codemods.rules.nbr603_spawn_without_main_guard import SpawnWithoutMainGuard
 
 ALL_RULES: tuple[type[Rule], ...] = (
     CudaInitializedBeforeLaunch,
@@ -38,7 +41,10 @@ ALL_RULES: tuple[type[Rule], ...] = (
     StateChangedInTrainingProcesses,
     TunerWithForkingStrategy,
     LightningStateAfterLaunch,
+    NotebookLaunchInScript,
+    DownloadInEveryProcess,
+    SpawnWithoutMainGuard,
 )
 RULES_BY_CODE = {r.code: r for r in ALL_RULES}
 
-__all__ = ["ALL_RULES", "RULES_BY_CODE", "Applicability", "Finding", "FixAvailability", "Invalid", "Rule"]
+__all__ = ["ALL_RULES", "RULES_BY_CODE", "Applicability", "Finding", "FixAvailability", "Invalid", "Rule", "Valid"]

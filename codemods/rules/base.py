@@ -45,11 +45,24 @@ class Finding:
 
 @dataclass(frozen=True)
 class Invalid:
-    """A notebook (cells split by `# %%`) the rule flags; `at` is (cell, row, column), 1-based."""
+    """A notebook (cells split by `# %%`) the rule flags; `at` is (cell, row, column), 1-based.
+    With `context="script"` the code is a whole script: `at` is (1, line, column)."""
 
     code: str
     at: tuple[int, int, int]
     message_contains: str = ""
+    context: str = "notebook"
+
+
+@dataclass(frozen=True)
+class Valid:
+    """Code the rule does not flag in `context` (a plain string in VALID is a notebook)."""
+
+    code: str
+    context: str = "notebook"
+
+
+CONTEXT_WORDS = {("notebook",): "notebooks", ("script",): "scripts", ("notebook", "script"): "notebooks and scripts"}
 
 
 class Rule:
@@ -59,16 +72,45 @@ class Rule:
     applicability: ClassVar[Applicability]  # the safety of the rule's fixes where they are offered
     fix_availability: ClassVar[FixAvailability]  # always / sometimes / none (ruff's model)
     fix_title: ClassVar[str | None] = None
-    VALID: ClassVar[list[str]] = []
+    # Where the rule applies: "notebook" (a kernel that forks) and/or "script" (a plain `.py`
+    # file run by `python`, whose `strategy="ddp"` starts subprocesses that re-run it).
+    contexts: ClassVar[tuple[str, ...]] = ("notebook",)
+    context_reason: ClassVar[str] = ""  # why the rule applies (or not) to the other context
+    VALID: ClassVar[list[str | Valid]] = []
     INVALID: ClassVar[list[Invalid]] = []
+
+    def __init__(self, context: str = "notebook"):
+        self.context = context  # the context of the file being checked
 
     def check(self, facts: NotebookFacts) -> Iterator[Finding]:
         raise NotImplementedError
 
     @classmethod
+    def applies_to(cls) -> str:
+        return CONTEXT_WORDS.get(tuple(cls.contexts), " and ".join(f"{c}s" for c in cls.contexts))
+
+    @classmethod
     def docs(cls) -> str:
-        """The rule's documentation (its docstring: What it does / Why is this bad? / ...)."""
-        return inspect.cleandoc(cls.__doc__ or "")
+        """The rule's documentation (its docstring: What it does / Why is this bad? / ...), with
+        the contexts it applies to."""
+        reason = cls.context_reason
+        reason = f" {reason[0].upper()}{reason[1:]}." if reason else ""
+        return f"Applies to: {cls.applies_to()}.{reason}\n\n" + inspect.cleandoc(cls.__doc__ or "")
+
+    def forks_here(self, facts: NotebookFacts) -> bool:
+        """Does the file fork its training processes? A notebook that launches always does; a
+        script only with a fork-based strategy or `notebook_launcher` (NBR601)."""
+        if self.context != "script":
+            return True
+        from codemods.rules.nbr601_notebook_launch_in_script import script_forks
+
+        return script_forks(facts)
+
+    def worded(self, message: str) -> str:
+        """`message` in the words of the context: a script's process is not a notebook's."""
+        if self.context != "script":
+            return message
+        return message.replace("the notebook process", "the script's process").replace("in a notebook", "in this script")
 
 
 def runs_before_a_launch(facts: NotebookFacts, use: CudaUse) -> bool:

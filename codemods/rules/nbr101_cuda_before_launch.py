@@ -67,6 +67,8 @@ class CudaInitializedBeforeLaunch(Rule):
     summary = "CUDA is initialised in the notebook process before a launch point"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.SOMETIMES
+    contexts = ("notebook", "script")
+    context_reason = "in a script only when the script forks (`ddp_notebook`, `ddp_fork`, `notebook_launcher`): `strategy=\"ddp\"` starts fresh processes, which CUDA in the launching process does not reach"
     fix_title = "Move the CUDA work into the launched function or a hook"
 
     VALID = [
@@ -287,6 +289,8 @@ trainer.fit(model)
     ]
 
     def check(self, facts):
+        if not self.forks_here(facts):
+            return
         for use in facts.cuda:
             if runs_before_a_launch(facts, use):
                 via = f"`{use.via}()` runs code that initialises CUDA: " if use.via else ""

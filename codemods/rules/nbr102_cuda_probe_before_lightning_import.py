@@ -50,6 +50,8 @@ class CudaProbeBeforeLightningImport(Rule):
     summary = "`torch.cuda.is_available()` runs before Lightning is imported"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    contexts = ("notebook", "script")
+    context_reason = "in a script only when the script forks (`ddp_notebook`, `ddp_fork`, `notebook_launcher`): `strategy=\"ddp\"` starts fresh processes"
     fix_title = "Import Lightning before the CUDA probe"
 
     VALID = [
@@ -126,6 +128,8 @@ notebook_launcher(training_function, num_processes=2)
     ]
 
     def check(self, facts):
+        if not self.forks_here(facts):
+            return
         first_import = facts.lightning_import
         lightning = uses_lightning(facts)
         for probe in facts.cuda_probes:

@@ -66,6 +66,8 @@ class AccelerateStateBeforeLauncher(Rule):
     summary = "`Accelerator()` (or Accelerate state) is created in the notebook process before `notebook_launcher`"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    contexts = ("notebook", "script")
+    context_reason = "`notebook_launcher` refuses an existing Accelerate state in a script too; a script should not use it at all (NBR601)"
     fix_title = "Create the `Accelerator` inside the training function"
 
     VALID = [

@@ -56,6 +56,8 @@ class BitsandbytesBeforeLauncher(Rule):
     summary = "`bitsandbytes` is imported in the notebook process before `notebook_launcher`"
     applicability = Applicability.NONE
     fix_availability = FixAvailability.NONE
+    contexts = ("notebook", "script")
+    context_reason = "`notebook_launcher` refuses bitsandbytes imported first in a script too; a script should not use it at all (NBR601)"
 
     VALID = [
         """

@@ -51,6 +51,7 @@ class DataBuiltInNotebookProcess(Rule):
     summary = "A Dataset or DataLoader is built in the notebook process and handed to training"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: the processes `strategy=\"ddp\"` starts re-run the script and build their data themselves"
     fix_title = "Build the data inside the launched function or the dataloader hooks"
 
     VALID = [

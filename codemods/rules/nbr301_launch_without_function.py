@@ -48,6 +48,7 @@ class LaunchWithoutFunction(Rule):
     summary = "`fabric.launch()` is called without a function"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: there `fabric.launch()` without a function is right, the processes it starts re-run the script"
     fix_title = "Wrap the training code into `def train(fabric)` and call `fabric.launch(train)`"
 
     VALID = [

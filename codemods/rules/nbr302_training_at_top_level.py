@@ -53,6 +53,7 @@ class TrainingAtTopLevel(Rule):
     summary = "Fabric training runs at top level instead of in the launched function"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: every process `strategy=\"ddp\"` starts runs the script's top level, so training there is distributed"
     fix_title = "Move the training region into `def train(fabric)`"
 
     VALID = [

@@ -41,6 +41,7 @@ class FitTwiceOnOneTrainer(Rule):
     summary = "`trainer.fit` is called twice on one Trainer"
     applicability = Applicability.NONE
     fix_availability = FixAvailability.NONE
+    context_reason = "not scripts: a second `fit` works with `strategy=\"ddp\"`; a forking strategy in a script is NBR601"
 
     VALID = [
         """

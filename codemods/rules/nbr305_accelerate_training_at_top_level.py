@@ -60,6 +60,7 @@ class AccelerateTrainingAtTopLevel(Rule):
     summary = "Accelerate training runs in the notebook process, on one GPU, with no `notebook_launcher`"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: `accelerate launch script.py` runs top-level Accelerate training in every process"
     fix_title = "Move the training into a function run by `notebook_launcher`"
 
     VALID = [

@@ -62,6 +62,7 @@ class StrategyNotNotebookCompatible(Rule):
     summary = "The strategy or start method cannot fork from a notebook"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: `ddp` is the right strategy there (the reverse, `ddp_notebook` in a script, is NBR601)"
     fix_title = "Use `strategy=\"ddp_notebook\"`"
 
     VALID = [

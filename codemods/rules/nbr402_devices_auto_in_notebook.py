@@ -55,6 +55,7 @@ class DevicesAutoInNotebook(Rule):
     summary = "`devices=\"auto\"` (or no `devices`) runs on one GPU in a notebook"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.ALWAYS
+    context_reason = "not scripts: there Lightning starts one process per device `devices=\"auto\"` finds"
     fix_title = "Set `devices=N` explicitly (`nbrefactor fix --devices N`)"
 
     VALID = [

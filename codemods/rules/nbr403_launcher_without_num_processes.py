@@ -52,6 +52,7 @@ class LauncherWithoutNumProcesses(Rule):
     summary = "`notebook_launcher(...)` without `num_processes` raises in current Accelerate"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.ALWAYS
+    context_reason = "not scripts: a script should not call `notebook_launcher` at all (NBR601)"
     fix_title = "Pass `num_processes=N` (`nbrefactor fix --devices N`)"
 
     VALID = [

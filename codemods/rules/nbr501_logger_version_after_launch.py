@@ -53,6 +53,7 @@ class LoggerVersionAfterLaunch(Rule):
     summary = "The logger's version folder is read after a forked launch chose it in other processes"
     applicability = Applicability.SAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: with `strategy=\"ddp\"` the script's process is rank 0 and trains itself, so what it reads after `fit` is what training left"
     fix_title = "Choose the logger's version before the launch"
 
     VALID = [

@@ -60,6 +60,7 @@ class StateChangedInTrainingProcesses(Rule):
     summary = "The notebook reads, after a forked launch, what only the training processes changed"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: with `strategy=\"ddp\"` the script's process is rank 0 and trains itself, so what it reads after `fit` is what training left"
     fix_title = "Hand the values back from rank 0"
 
     VALID = [

@@ -204,6 +204,7 @@ class TunerWithForkingStrategy(Rule):
     summary = "`Tuner.lr_find` / `Tuner.scale_batch_size` on a Trainer that forks"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: the tuner runs in the script's own process; a forking strategy in a script is NBR601"
     fix_title = "Tune the learning rate on one CPU process (`--unsafe-fixes`)"
 
     VALID = [

@@ -52,6 +52,7 @@ class LightningStateAfterLaunch(Rule):
     summary = "Trainer or callback state that a forked launch does not bring back is read after it"
     applicability = Applicability.UNSAFE
     fix_availability = FixAvailability.SOMETIMES
+    context_reason = "not scripts: with `strategy=\"ddp\"` the script's process is rank 0 and trains itself, so what it reads after `fit` is what training left"
     fix_title = "Hand the values back from rank 0"
 
     VALID = [
