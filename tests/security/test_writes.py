@@ -176,6 +176,9 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     import nbrefactor.writer as writer
+    # Python's own Ctrl-C handler, as in a terminal: a job started in the background by a shell
+    # without job control inherits SIGINT ignored, and then the held SIGINT rightly ends nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     path, how = sys.argv[1], sys.argv[2]
     real_fsync, real_replace = os.fsync, os.replace
     def fsync(fd):
