@@ -64,20 +64,23 @@ class LoggerRead:
     through: str  # how the fix names the logger: "trainer.logger" or "logger"
 
 
-def _logger_variables(facts: NotebookFacts) -> dict[str, cst.Call]:
-    """Top-level `name = CSVLogger(...)` / `TensorBoardLogger(...)` (last binding wins)."""
-    out: dict[str, cst.Call] = {}
+def bound_calls(facts: NotebookFacts, pick) -> dict[str, object]:
+    """Top-level `name = <call>` lines, for the calls `pick` recognises (it returns what to keep,
+    or None): name -> that, the last binding winning (a name bound to something else is dropped)."""
+    out: dict[str, object] = {}
     for st in facts.statements:
-        if not isinstance(st.node, cst.SimpleStatementLine):
-            continue
-        for small in st.node.body:
-            if isinstance(small, cst.Assign) and len(small.targets) == 1 and isinstance(small.targets[0].target, cst.Name):
-                name = small.targets[0].target.value
-                if isinstance(small.value, cst.Call) and qualified_name(small.value.func, facts.env) in VERSIONED_LOGGERS:
-                    out[name] = small.value
-                else:
-                    out.pop(name, None)
+        for target, value in _simple_assignments(st.node):
+            kept = pick(value) if isinstance(value, cst.Call) else None
+            if kept is None:
+                out.pop(target, None)
+            else:
+                out[target] = kept
     return out
+
+
+def _logger_variables(facts: NotebookFacts) -> dict[str, cst.Call]:
+    """Top-level `name = CSVLogger(...)` / `TensorBoardLogger(...)`."""
+    return bound_calls(facts, lambda call: call if qualified_name(call.func, facts.env) in VERSIONED_LOGGERS else None)
 
 
 def _unpinned(call: cst.Call) -> bool:
@@ -265,13 +268,8 @@ def training_mutations(facts: NotebookFacts) -> list[Mutation]:
 
 
 def _instances(facts: NotebookFacts, classes: set[str]) -> dict[str, str]:
-    """Top-level `name = NotebookClass(...)` -> the class, for the classes asked (last binding)."""
-    out: dict[str, str] = {}
-    for st in facts.statements:
-        for target, value in _simple_assignments(st.node):
-            if isinstance(value, cst.Call) and isinstance(value.func, cst.Name) and value.func.value in classes:
-                out[target] = value.func.value
-    return out
+    """Top-level `name = NotebookClass(...)` -> the class, for the classes asked."""
+    return bound_calls(facts, lambda call: call.func.value if isinstance(call.func, cst.Name) and call.func.value in classes else None)
 
 
 def _simple_assignments(node: cst.CSTNode):
@@ -281,19 +279,19 @@ def _simple_assignments(node: cst.CSTNode):
                 yield small.targets[0].target.value, small.value
 
 
-def _launches_of(facts: NotebookFacts, mutation: Mutation) -> list[int]:
-    """The statements whose launch runs the mutating code."""
+def _launches_of(facts: NotebookFacts, mutation: Mutation, trainers: dict[str, list[int]]) -> list[int]:
+    """The statements whose launch runs the mutating code (`trainers`: `trainer_launches(facts)`)."""
     if mutation.launched is not None:
         return sorted({lp.statement for lp in facts.launches if lp.function == mutation.launched})
-    return sorted({s for starts in trainer_launches(facts).values() for s in starts})
+    return sorted({s for starts in trainers.values() for s in starts})
 
 
-def _handed(facts: NotebookFacts, launch: int) -> set[str]:
+def _handed(facts: NotebookFacts, launch: int, trainers: dict[str, list[int]]) -> set[str]:
     """Names a launch statement gives its training: its own reads, and those of the statements
     that built the Trainers it launches (`callbacks=[recorder]`)."""
     st = facts.statements[launch]
     names = set(st.uses)
-    trainers = {t for t, starts in trainer_launches(facts).items() if launch in starts}
+    trainers = {t for t, starts in trainers.items() if launch in starts}
     for other in facts.statements[:launch]:
         if other.defines & trainers:
             names |= other.uses
@@ -305,22 +303,23 @@ def stale_reads(facts: NotebookFacts) -> list[StaleRead]:
     mutations = training_mutations(facts)
     if not mutations:
         return []
+    trainers = trainer_launches(facts)
     watched = {}
     for m in mutations:
-        watched.setdefault((m.owner, m.name), (m, _launches_of(facts, m)))
+        watched.setdefault((m.owner, m.name), (m, _launches_of(facts, m, trainers)))
     instances = _instances(facts, {owner for owner, _ in watched if owner})
     reads: list[StaleRead] = []
     reported: set[tuple[str, int]] = set()
     for st in facts.statements:
         for node in loads(st.node):
-            found = _stale(facts, node, st.index, watched, instances)
+            found = _stale(facts, node, st.index, watched, instances, trainers)
             if found is not None and (found[2], found[1]) not in reported:
                 reported.add((found[2], found[1]))
                 reads.append(StaleRead(node, st.index, found[1], found[0], found[2]))
     return reads
 
 
-def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, instances: dict[str, str]):
+def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, instances: dict[str, str], trainers: dict):
     """(mutation, launch, what is read) when `node`, in statement `index`, reads stale state."""
     if isinstance(node, cst.Name):
         name, key = node.value, (None, node.value)
@@ -339,7 +338,7 @@ def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, i
         return None
     if key[0] is not None and _attribute_set_between(facts, f"{name}.{key[1]}", launch, index):
         return None  # `recorder.losses = ...` after the launch: the notebook's own value again
-    if key[0] is not None and name not in _handed(facts, launch):
+    if key[0] is not None and name not in _handed(facts, launch, trainers):
         return None  # an instance the launch never saw
     shown = name if key[0] is None else f"{name}.{key[1]}"
     return mutation, launch, shown
@@ -372,16 +371,12 @@ TRAINER_CALLBACKS = {"checkpoint_callback": "ModelCheckpoint", "early_stopping_c
 
 def _lightning_callbacks(facts: NotebookFacts) -> dict[str, str]:
     """Top-level `name = ModelCheckpoint(...)` / `EarlyStopping(...)` -> the class's short name."""
-    out: dict[str, str] = {}
-    for st in facts.statements:
-        for target, value in _simple_assignments(st.node):
-            q = qualified_name(value.func, facts.env) if isinstance(value, cst.Call) else None
-            short = q.rsplit(".", 1)[-1] if q and q.startswith("lightning.pytorch.callbacks") else None
-            if short in CALLBACK_STATE:
-                out[target] = short
-            else:
-                out.pop(target, None)
-    return out
+    def short(call: cst.Call) -> str | None:
+        q = qualified_name(call.func, facts.env)
+        name = q.rsplit(".", 1)[-1] if q and q.startswith("lightning.pytorch.callbacks") else None
+        return name if name in CALLBACK_STATE else None
+
+    return bound_calls(facts, short)
 
 
 def _lightning_state(node: cst.CSTNode, trainers: set[str], callbacks: dict[str, str]) -> tuple[str, str, bool] | None:
@@ -415,7 +410,7 @@ def lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
             if found is None:
                 continue
             name, kind, assignable = found
-            starts = launches.get(name) or [s for s in every if name in _handed(facts, s)]
+            starts = launches.get(name) or [s for s in every if name in _handed(facts, s, launches)]
             launch = max((s for s in starts if s < st.index), default=None)
             shown = facts.module.code_for_node(node)
             if launch is None or (shown, launch) in reported or facts.defined_between(name, launch, st.index - 1):

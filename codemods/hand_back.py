@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import libcst as cst
 
-from codemods.after_launch import CALLBACK, lightning_state_reads, logger_reads, stale_reads
+from codemods.after_launch import (
+    CALLBACK,
+    lightning_state_reads,
+    logger_reads,
+    stale_reads,
+    trainer_launches,
+)
 from codemods.cells import BodyPlan
 from codemods.facts import NotebookFacts, fresh_name, module_alias, qualified_name
 
@@ -79,23 +85,21 @@ def _callback_base(facts: NotebookFacts) -> str | None:
     return None
 
 
-def _launching_trainer(facts: NotebookFacts, launch: int) -> str | None:
-    """The Trainer a top-level one-call line launches (`trainer.fit(...)`, `r = trainer.test(...)`)."""
+def _launching_trainer(facts: NotebookFacts, launch: int, trainers: dict[str, list[int]]) -> str | None:
+    """The Trainer a top-level one-call line launches (`trainer.fit(...)`, `r = trainer.test(...)`);
+    `trainers`: `trainer_launches(facts)`."""
     st = facts.statements[launch]
     if not isinstance(st.node, cst.SimpleStatementLine) or len(st.node.body) != 1:
         return None
-    for lp in facts.launches:
-        if lp.statement == launch and lp.via is None and lp.kind.startswith("trainer."):
-            if isinstance(lp.node.func, cst.Attribute) and isinstance(lp.node.func.value, cst.Name):
-                return lp.node.func.value.value
-    return None
+    return next((t for t, starts in trainers.items() if launch in starts), None)
 
 
 def hand_back_state(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int, str]]]:
     plan, changes = BodyPlan(), []
     wanted: dict[int, list[str]] = {}  # launch statement -> what the notebook reads after it
+    trainers = trainer_launches(facts)
     for read in [*stale_reads(facts), *lightning_state_reads(facts)]:
-        if read.assignable and read.mutation.launched is None and _launching_trainer(facts, read.launch) is not None:
+        if read.assignable and read.mutation.launched is None and _launching_trainer(facts, read.launch, trainers) is not None:
             shown = wanted.setdefault(read.launch, [])
             if read.shown not in shown:
                 shown.append(read.shown)
@@ -122,7 +126,7 @@ def hand_back_state(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int
 
 
 def _round_trip(facts, launch, shown, class_name, torch, tempfile, taken) -> list[cst.BaseStatement]:
-    trainer = _launching_trainer(facts, launch)
+    trainer = _launching_trainer(facts, launch, trainer_launches(facts))
     callback, loaded = fresh_name("hand_back", taken), fresh_name("handed_back", taken)
     values = "".join(f'        "{s}": {s},\n' for s in shown)
     text = (

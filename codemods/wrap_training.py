@@ -33,12 +33,25 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
+from codemods.cells import (
+    BodyPlan,
+    first_in_block,
+    rebuild,
+    split_leading_lines,
+    without_cell_part,
+)
 from codemods.device import ProcessDevice
-from codemods.cells import BodyPlan, first_in_block, rebuild, split_leading_lines, without_cell_part
-from codemods.facts import NotebookFacts, Statement, fresh_name, module_alias, qualified_name, target_names
+from codemods.facts import (
+    NotebookFacts,
+    Statement,
+    fresh_name,
+    module_alias,
+    qualified_name,
+    target_names,
+)
 from codemods.gate import bound_before_read
-from codemods.walk import children
 from codemods.rules.base import runs_before_a_launch
+from codemods.walk import children
 
 RESULTS_FILE = "train_results.pt"  # in a fresh temporary folder, chosen before the launch
 _MAGIC = re.compile(r"^__nbrefactor_magic_\d+__$")
@@ -65,11 +78,11 @@ class Launcher:
     code: str  # the rule of training at top level
 
     @classmethod
-    def fabric(cls, name: str) -> "Launcher":
+    def fabric(cls, name: str) -> Launcher:
         return cls(name, "train", (name,), f"{name}.global_rank == 0", f"{name}.launch({{fn}})", "NBR302")
 
     @classmethod
-    def accelerate(cls, name: str, launcher: str, devices: int) -> "Launcher":
+    def accelerate(cls, name: str, launcher: str, devices: int) -> Launcher:
         return cls(name, "training_function", (), f"{name}.is_main_process", f"{launcher}({{fn}}, num_processes={devices})", "NBR305")
 
     def unwrapped(self, name: str, kind: str | None) -> str:
@@ -225,10 +238,10 @@ def wrap_accelerate(facts: NotebookFacts, *, allow_unsafe: bool, devices: int | 
     """Accelerate training at top level (NBR305, with the `Accelerator` NBR103 and what it
     prepares) moves into `def training_function():`, launched by `notebook_launcher`."""
     out = Outcome(facts.module)
-    top = sorted({t.statement for t in getattr(facts, "accelerate_training", ()) if t.via is None})
+    top = sorted({t.statement for t in facts.accelerate_training if t.via is None})
     if not top or any(lp.kind == "notebook_launcher" for lp in facts.launches):
         return out
-    states = sorted({s.statement for s in getattr(facts, "accelerate_states", ()) if s.via is None})
+    states = sorted({s.statement for s in facts.accelerate_states if s.via is None})
     owners = [t.value for i in states for t, _ in _assign_pairs(facts.statements[i].node) if isinstance(t, cst.Name)]
     if len(states) != 1 or len(owners) != 1:
         out.refused.append("not rewritten (NBR305): the notebook needs exactly one top-level `accelerator = Accelerator(...)` to move into the training function")

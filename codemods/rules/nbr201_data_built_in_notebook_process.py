@@ -6,6 +6,23 @@ import bisect
 
 from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
+# Accelerate: data handed to the launched function through `args=`, and a loader it reads as a global.
+_ACCELERATE_EXAMPLE = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from accelerate import Accelerator, notebook_launcher
+train_ds = TensorDataset(torch.randn(64, 4))
+eval_loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
+# %%
+def training_function(train_ds):
+    accelerator = Accelerator()
+    loader = accelerator.prepare(DataLoader(train_ds, batch_size=8))
+    for batch in eval_loader:
+        ...
+
+notebook_launcher(training_function, args=(train_ds,), num_processes=2)
+"""
+
 
 class DataBuiltInNotebookProcess(Rule):
     """
@@ -160,46 +177,12 @@ run(train_data=loader)
         ),
         # Accelerate: handed to the launched function through `args=`, or read by it as a global.
         Invalid(
-            """
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-from accelerate import Accelerator, notebook_launcher
-train_ds = TensorDataset(torch.randn(64, 4))
-eval_loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
-# %%
-def training_function(train_ds):
-    accelerator = Accelerator()
-    loader = accelerator.prepare(DataLoader(train_ds, batch_size=8))
-    for batch in eval_loader:
-        ...
-
-notebook_launcher(training_function, args=(train_ds,), num_processes=2)
-""",
+            _ACCELERATE_EXAMPLE,
             at=(1, 4, 12),
             message_contains="reaches `notebook_launcher`; build it inside the launched function",
         ),
+        Invalid(_ACCELERATE_EXAMPLE, at=(1, 5, 15), message_contains="`eval_loader` (DataLoader)"),
     ]
-    INVALID.append(
-        Invalid(
-            """
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-from accelerate import Accelerator, notebook_launcher
-train_ds = TensorDataset(torch.randn(64, 4))
-eval_loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8)
-# %%
-def training_function(train_ds):
-    accelerator = Accelerator()
-    loader = accelerator.prepare(DataLoader(train_ds, batch_size=8))
-    for batch in eval_loader:
-        ...
-
-notebook_launcher(training_function, args=(train_ds,), num_processes=2)
-""",
-            at=(1, 5, 15),
-            message_contains="`eval_loader` (DataLoader)",
-        )
-    )
 
     def check(self, facts):
         for build in facts.data:
