@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from nbrefactor.launcher.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -128,12 +129,6 @@ def bench_memory(corpus: Path) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_endpoint(repeat: int) -> list[tuple[str, str, str, str]]:
     try:
         import jupyter_server  # noqa: F401
@@ -146,7 +141,7 @@ def bench_endpoint(repeat: int) -> list[tuple[str, str, str, str]]:
     cells.append({"cell_type": "code", "execution_count": None, "id": "launch", "metadata": {}, "outputs": [],
                   "source": "def train(fabric):\n    for b in ds:\n        pass\n\nfabric = L.Fabric(accelerator='cuda', devices=2)\nfabric.launch(train)"})
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "P"}}, "nbformat": 4, "nbformat_minor": 5}
-    port, token = _free_port(), "bench"
+    port, token = free_port(), "bench"
     workdir = tempfile.mkdtemp()
     server = subprocess.Popen(
         [PY, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}", "--no-browser",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbrefactor import export as ex
+from nbrefactor.launcher.processes import free_port
 from nbrefactor.notebook.model import read_notebook
 from tests.conftest import ROOT, run_cli
 from tests.kernel import ONE_PROCESS_CELL, single_process_env
@@ -60,12 +60,6 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("notebook", [TRAINER, FABRIC], ids=["trainer", "fabric"])
 def test_export_runs_under_torchrun_on_two_ranks_and_prints_what_the_notebook_printed(notebook, scripts, tmp_path):
     script = scripts[notebook]
@@ -77,7 +71,7 @@ def test_export_runs_under_torchrun_on_two_ranks_and_prints_what_the_notebook_pr
 
 def test_trainer_export_runs_on_two_nodes(scripts, tmp_path):
     script = scripts[TRAINER]
-    port = str(_free_port())
+    port = str(free_port())
     agents = [
         subprocess.Popen(
             _torchrun("--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",

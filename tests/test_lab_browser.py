@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -70,14 +69,9 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from nbrefactor.server.api import fixer_available  # noqa: E402
+from nbrefactor.launcher.processes import free_port  # noqa: E402
 
 needs_fixer = pytest.mark.skipif(not fixer_available(), reason="nbrefactor.fixer is not there yet")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _notebook() -> dict:
@@ -107,7 +101,7 @@ def lab(tmp_path_factory):
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
-    port = _free_port()
+    port = free_port()
     server_config = {
         "ServerApp": {
             "ip": "127.0.0.1",

@@ -618,6 +618,21 @@ def test_process_tree_kill_and_port_checks():
     assert not processes.port_listening(port)
 
 
+
+def test_the_rendezvous_port_is_outside_the_range_outgoing_connections_take():
+    """CI failed once with EADDRINUSE: a port from bind(0), chosen when the run started, had become
+    the local end of some outgoing connection by the time the notebook launched."""
+    from nbrefactor.launcher import processes
+
+    low, high = processes._ephemeral_ports()
+    ports = {processes.free_port() for _ in range(20)}
+    if low > 10000:
+        assert all(10000 <= p < low for p in ports)
+    assert len(ports) > 1  # drawn at random: two runs at once rarely draw the same
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
 def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
     import io
 

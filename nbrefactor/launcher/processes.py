@@ -26,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -520,8 +521,40 @@ def clean_stale(directory: str | None = None) -> list[str]:
     return notes
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the system draws the local port of every outgoing connection from."""
+    try:
+        with open(f"{PROC}/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(x) for x in f.read().split()[:2])
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not port_listening(port)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on now (for MASTER_PORT)."""
+    """A TCP port nobody listens on now, for MASTER_PORT, drawn below the ephemeral range.
+
+    The port is chosen when the run starts and bound only when the notebook launches, seconds later.
+    A port from the ephemeral range (what `bind(0)` gives) can meanwhile become the local end of any
+    outgoing connection on the machine (the kernel's own ZeroMQ sockets, another run's rendezvous),
+    and the launch then fails with EADDRINUSE; ports below that range are only taken by explicit binds.
+    """
+    low, _high = _ephemeral_ports()
+    if low > 10000:
+        rng = random.SystemRandom()
+        for _ in range(64):
+            port = rng.randrange(10000, low)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
