@@ -411,3 +411,31 @@ def export_script(notebook: str, cells: list[tuple[int, str]], kind: str, start:
     plan_options(call, plan)
     first = next((i for i, p in enumerate(pieces) if start is not None and p.cell >= start), len(pieces))
     return render(notebook, pieces, plan, first, ctor), plan
+
+
+# --- where a script line came from ---------------------------------------------------------------
+
+WRITTEN_BY_EXPORT = ("def _devices(text):", "def launcher(fabric):", "def parse_args(argv=None):", "def main(args):", 'if __name__ == "__main__":')
+
+
+def line_map(script: str, cells: dict[int, str]) -> dict[int, tuple[int, int]]:
+    """Script line (1-based) -> (cell number, line in that cell) for the lines copied from a cell.
+
+    `cells` are the exported cells' sources by number. Each line below a `# cell N` marker is looked
+    up in cell N by its text, in order; lines export wrote itself (the rewritten Trainer/Fabric
+    call, rank-0 guards, parse_args, the launcher) map to nothing."""
+    out: dict[int, tuple[int, int]] = {}
+    cell, lines, cursor = None, [], 0
+    for number, text in enumerate(script.split("\n"), 1):
+        marker = text.strip()
+        if marker.startswith("# cell ") and marker[7:].isdigit():
+            cell, cursor = int(marker[7:]), 0
+            lines = [line.strip() for line in cells.get(cell, "").split("\n")]
+            continue
+        if text.startswith(WRITTEN_BY_EXPORT):
+            cell = None
+        if cell is None or not marker or marker not in lines[cursor:]:
+            continue
+        cursor = lines.index(marker, cursor) + 1
+        out[number] = (cell, cursor)
+    return out
