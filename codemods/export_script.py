@@ -3,7 +3,9 @@
 Input: the code cells of the notebook as `fix` leaves it, each with its number in the original
 notebook. Output: a script whose Trainer/Fabric construction reads `--accelerator`, `--devices`,
 `--num-nodes` (and, for Fabric, `--strategy`/`--precision` where the notebook sets them), with the
-training cells in `def main(args):` under `if __name__ == "__main__":`. Display-only code (plots,
+training cells in `def main(args):` under `if __name__ == "__main__":`. An Accelerate notebook's
+`notebook_launcher(training_function, args)` becomes `training_function(*args)` in main, which
+`accelerate launch` runs in every process it starts; `--cpu` is the script's one option. Display-only code (plots,
 `display(...)`, a bare expression ending a cell, magics, shell lines) is left out with a comment.
 Works on source text with `ast` positions so that comments are kept; no nbrefactor import.
 """
@@ -38,6 +40,7 @@ class Option:
     name: str  # the keyword argument (`num_nodes`)
     default: object
     note: str = ""
+    help: str = ""  # what the option does, where "NAME of the Trainer" does not say it
 
     @property
     def flag(self) -> str:
@@ -46,9 +49,10 @@ class Option:
 
 @dataclass
 class Plan:
-    kind: str  # "trainer" | "fabric"
+    kind: str  # "trainer" | "fabric" | "accelerate"
     options: list[Option] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # comment lines: what was left out
+    launch: dict[str, object] = field(default_factory=dict)  # notebook_launcher's num_processes, num_nodes, mixed_precision
 
     def default(self, name: str, fallback=None):
         return next((o.default for o in self.options if o.name == name), fallback)
@@ -240,6 +244,86 @@ def rewrite_constructor(piece: Piece, plan: Plan) -> str:
     return text
 
 
+# --- Accelerate: notebook_launcher -> a call in main -------------------------------------------
+
+LAUNCHER_PARAMETERS = ("function", "args", "num_processes", "mixed_precision")  # notebook_launcher's first ones
+LAUNCH_SETTINGS = ("num_processes", "num_nodes", "mixed_precision")  # what `accelerate launch` is told instead
+CPU_HELP = ("train on the CPU even where there are GPUs (Accelerator(cpu=True)); several processes on a machine "
+            "without GPUs need it: accelerate launch --multi_gpu --num_processes N SCRIPT --cpu")
+
+
+def _launcher_arguments(call: ast.Call) -> dict[str, ast.expr]:
+    given = dict(zip(LAUNCHER_PARAMETERS, call.args))
+    given.update({k.arg: k.value for k in call.keywords if k.arg})
+    return given
+
+
+def find_notebook_launcher(pieces: list[Piece]) -> tuple[int, ast.Call]:
+    """(index of the top-level statement `notebook_launcher(...)`, the call)."""
+    found = [(i, c) for i, p in enumerate(pieces) for c in ast.walk(p.node) if isinstance(c, ast.Call) and _callee(c) == "notebook_launcher"]
+    if not found:
+        raise ExportError("no notebook_launcher(...) call to export")
+    if len(found) > 1:
+        cells = ", ".join(str(pieces[i].cell) for i, _ in found)
+        raise ExportError(f"{len(found)} notebook_launcher calls (cells {cells}); export handles one")
+    i, call = found[0]
+    node = pieces[i].node
+    if not (isinstance(node, ast.Expr) and node.value is call):
+        raise ExportError(f"cell {pieces[i].cell}: notebook_launcher(...) is not a statement of its own at top level; export needs it there")
+    if any(isinstance(a, ast.Starred) for a in call.args) or "function" not in _launcher_arguments(call):
+        raise ExportError(f"cell {pieces[i].cell}: notebook_launcher's function is not named in the call")
+    return i, call
+
+
+def _cpu_default(pieces: list[Piece]) -> tuple[bool, str]:
+    """--cpu's default: True where the notebook builds `Accelerator(cpu=True)`."""
+    for p in pieces:
+        for call in ast.walk(p.node):
+            if isinstance(call, ast.Call) and _callee(call) in ("Accelerator", "PartialState"):
+                if any(k.arg == "cpu" and _literal(k.value) is True for k in call.keywords):
+                    return True, f"the notebook's {_callee(call)}(cpu=True) in cell {p.cell}"
+    return False, ""
+
+
+def plan_accelerate(pieces: list[Piece], call: ast.Call, plan: Plan) -> None:
+    given = _launcher_arguments(call)
+    for name in LAUNCH_SETTINGS:
+        value = _literal(given[name]) if name in given else None
+        if value is not None:
+            plan.launch[name] = value
+    default, note = _cpu_default(pieces)
+    plan.options.append(Option("cpu", default, note, CPU_HELP))
+
+
+def rewrite_notebook_launcher(piece: Piece) -> str:
+    """`notebook_launcher(f, args=(a, b), num_processes=2)` as `f(a, b)`: `accelerate launch` has
+    already started this process and its siblings."""
+    text = piece.text
+    call = next(c for c in ast.walk(ast.parse(text)) if isinstance(c, ast.Call) and _callee(c) == "notebook_launcher")
+    given = _launcher_arguments(call)
+
+    def source(node) -> str:
+        return text[slice(*_span(text, node))]
+
+    args = given.get("args")
+    if args is None:
+        inner = ""
+    elif isinstance(args, (ast.Tuple, ast.List)):
+        inner = ", ".join(source(e) for e in args.elts)
+    else:
+        inner = f"*{source(args)}"
+    start, end = _span(text, call)
+    note = f"# the notebook's {ast.unparse(call)}: here `accelerate launch` has started the processes\n"
+    return f"{text[:start]}{note}{source(given['function'])}({inner}){text[end:]}"
+
+
+def _fresh(name: str, pieces: list[Piece]) -> str:
+    used = set().union(*(_names(p.node) | _bound(p.node) for p in pieces))
+    while name in used:
+        name = "_" + name
+    return name
+
+
 # --- the script ----------------------------------------------------------------------------------
 
 
@@ -308,25 +392,26 @@ def _print_after_launch(text: str, owner: str) -> str:
     return "\n".join(lines)
 
 
-def _guarded(body: list[Piece], ctor: Piece, kind: str) -> list[bool]:
+def _guarded(body: list[Piece], ctor: Piece | None, launch) -> list[bool]:
     """Which statements of main run on rank 0 only: prints once the Trainer/Fabric is built (the
-    notebook printed once); for Fabric, all that follows `fabric.launch` (it reads the results
-    rank 0 holds, as the notebook process did)."""
-    out, built, launched = [], False, False
+    notebook printed once; Accelerate's state is built first thing in main); for Fabric and
+    Accelerate, all that follows the launch (`launch(piece)` says which that is: it reads the
+    results rank 0 holds, as the notebook process did)."""
+    out, built, launched = [], ctor is None, False
     for p in body:
-        out.append(launched or (built and _is_print(p.node) and not _launches(p.node)))
+        out.append(launched or (built and _is_print(p.node) and not launch(p)))
         built = built or p is ctor
-        launched = launched or (kind == "fabric" and _launches(p.node))
+        launched = launched or launch(p)
     return out
 
 
-def _main_body(body: list[Piece], texts: dict[int, str], guards: list[bool], owner: str | None) -> list[str]:
-    """main's lines, consecutive rank-0 statements in one `if OWNER.global_rank == 0:` block."""
+def _main_body(body: list[Piece], texts: dict[int, str], guards: list[bool], rank0: str | None) -> list[str]:
+    """main's lines, consecutive rank-0 statements in one `if RANK0:` block."""
     out, cell, open_ = [], None, False
     for p, guard in zip(body, guards):
-        guard = guard and owner is not None
+        guard = guard and rank0 is not None
         if guard and not open_:
-            out.append(f"if {owner}.global_rank == 0:")
+            out.append(f"if {rank0}:")
         open_ = guard
         pad = "    " if guard else ""
         text = texts.get(id(p), p.text)
@@ -337,36 +422,61 @@ def _main_body(body: list[Piece], texts: dict[int, str], guards: list[bool], own
     return out
 
 
-def _main(pieces: list[Piece], start: int, ctor: int, plan: Plan) -> tuple[list[Piece], list[str]]:
-    """(module-level statements, lines of `def main(args):`) from the cell of the constructor on."""
-    first = next(i for i, p in enumerate(pieces) if p.cell == pieces[ctor].cell)
-    first = min(first, start)
-    top = pieces[:first] + [p for p in pieces[first:] if isinstance(p.node, HOISTED)]
-    body = [p for p in pieces[first:] if not isinstance(p.node, HOISTED)]
-    texts = {id(pieces[ctor]): rewrite_constructor(pieces[ctor], plan)}
-    owner = _target(pieces[ctor])
+def _lightning_main(body: list[Piece], ctor: Piece, plan: Plan) -> tuple[dict[int, str], list[bool], str | None]:
+    """(rewritten texts, rank-0 guards, the rank-0 condition) for a Trainer or Fabric."""
+    texts = {id(ctor): rewrite_constructor(ctor, plan)}
+    owner = _target(ctor)
     if plan.kind == "fabric":
         texts.update({id(p): rewrite_launch(p) for p in body if _launches(p.node)})
         for p in body:
             if owner and _is_print(p.node) and _launches(p.node):
                 texts[id(p)] = _print_after_launch(texts[id(p)], owner)
-    guards = _guarded(body, pieces[ctor], plan.kind)
-    lines = _main_body(body, texts, guards, owner)
+    launch = (lambda p: _launches(p.node)) if plan.kind == "fabric" else (lambda p: False)
+    return texts, _guarded(body, ctor, launch), owner and f"{owner}.global_rank == 0"
+
+
+def _accelerate_main(body: list[Piece], launch: Piece, state: str) -> tuple[dict[int, str], list[bool], str]:
+    texts = {id(launch): rewrite_notebook_launcher(launch)}
+    return texts, _guarded(body, None, lambda p: p is launch), f"{state}.is_main_process"
+
+
+def _main(pieces: list[Piece], start: int, anchor: int, plan: Plan) -> tuple[list[Piece], list[str]]:
+    """(module-level statements, lines of `def main(args):`) from the cell of the anchor (the
+    Trainer/Fabric construction, or notebook_launcher) on."""
+    first = next(i for i, p in enumerate(pieces) if p.cell == pieces[anchor].cell)
+    first = min(first, start)
+    top = pieces[:first] + [p for p in pieces[first:] if isinstance(p.node, HOISTED)]
+    body = [p for p in pieces[first:] if not isinstance(p.node, HOISTED)]
+    head = []
+    if plan.kind == "accelerate":
+        state = _fresh("state", pieces)
+        texts, guards, rank0 = _accelerate_main(body, pieces[anchor], state)
+        head.append(f"{state} = PartialState(cpu=args.cpu)  # this process's place in the launch; the Accelerator joins it")
+    else:
+        texts, guards, rank0 = _lightning_main(body, pieces[anchor], plan)
+    lines = _main_body(body, texts, guards, rank0)
     stored = set().union(*(_bound(p.node) for p in body)) if body else set()
     shared = sorted(stored & _free_reads(top))
-    head = [f"global {', '.join(shared)}"] if shared else []
+    head[:0] = [f"global {', '.join(shared)}"] if shared else []
     return top, head + lines
 
 
+ACCELERATE_USAGE = ("`accelerate launch` starts the processes: the number of processes and machines and the mixed "
+                    "precision are its options (--num_processes, --num_machines, --mixed_precision), not this script's.")
+
+
 def _args_function(plan: Plan, notebook: str) -> str:
+    usage = f" {ACCELERATE_USAGE}" if plan.kind == "accelerate" else ""
     lines = [
         "def parse_args(argv=None):",
-        f'    parser = argparse.ArgumentParser(description="Training exported from {notebook} by nbrefactor.")',
+        f'    parser = argparse.ArgumentParser(description="Training exported from {notebook} by nbrefactor.{usage}")',
     ]
     for o in plan.options:
         kind = ", type=_devices" if o.name == "devices" else ", type=int" if o.name == "num_nodes" else ""
-        note = f" ({o.note})" if o.note else ""
-        help_ = f"{o.name} of the {plan.kind.capitalize()} (default: {o.default!r}{note})".replace("%", "%%")
+        kind = ', action="store_true"' if isinstance(o.default, bool) else kind
+        note = f": {o.note}" if o.note and isinstance(o.default, bool) else f" ({o.note})" if o.note else ""
+        what = o.help or f"{o.name} of the {plan.kind.capitalize()}"
+        help_ = f"{what} (default: {o.default!r}{note})".replace("%", "%%")
         lines.append(f"    parser.add_argument({o.flag!r}{kind}, default={o.default!r}, help={help_!r})")
     lines.append("    return parser.parse_args(argv)")
     return "\n".join(lines)
@@ -377,18 +487,28 @@ DEVICES_TYPE = '''def _devices(text):
     return int(text) if text.isdigit() else text'''
 
 
-def render(notebook: str, pieces: list[Piece], plan: Plan, start: int, ctor: int) -> str:
-    top, main_lines = _main(pieces, start, ctor, plan)
+ACCELERATE_HEADER = [
+    "# Run it with `accelerate launch`, which starts the processes: their number, the machines and the mixed precision",
+    "# are its options (--num_processes, --num_machines, --mixed_precision); `nbrefactor export --engine accelerate`",
+    "# prints the commands. --cpu keeps the processes on the CPU (a machine without GPUs needs it).",
+]
+
+
+def render(notebook: str, pieces: list[Piece], plan: Plan, start: int, anchor: int) -> str:
+    top, main_lines = _main(pieces, start, anchor, plan)
     cells = sorted({p.cell for p in pieces})
     header = [
         f"# Exported by `nbrefactor export` from {notebook}, cells {', '.join(map(str, cells))}.",
         "# Edit the notebook and export again; `nbrefactor export --check` says when this file is stale.",
+        *(ACCELERATE_HEADER if plan.kind == "accelerate" else []),
         *plan.notes,
     ]
-    parts = ["\n".join(header), "import argparse"]
+    imports = "import argparse" + ("\n\nfrom accelerate import PartialState" if plan.kind == "accelerate" else "")
+    parts = ["\n".join(header), imports]
     for cell in dict.fromkeys(p.cell for p in top):
         parts.append(f"# cell {cell}\n" + "\n".join(p.text for p in top if p.cell == cell).lstrip("\n"))
-    parts.append(DEVICES_TYPE)
+    if plan.default("devices") is not None:
+        parts.append(DEVICES_TYPE)
     if plan.kind == "fabric":
         parts.append(LAUNCHER)
     parts.append(_args_function(plan, notebook))
@@ -400,16 +520,20 @@ def render(notebook: str, pieces: list[Piece], plan: Plan, start: int, ctor: int
 def export_script(notebook: str, cells: list[tuple[int, str]], kind: str, start: int | None = None) -> tuple[str, Plan]:
     """(script text, plan) for the code cells (original number, source) of a fixed notebook.
 
-    `kind` is "trainer" or "fabric"; `start`, if given, is the cell number where main begins at
-    the latest (the first launch's cell)."""
+    `kind` is "trainer", "fabric" or "accelerate"; `start`, if given, is the cell number where main
+    begins at the latest (the first launch's cell)."""
     plan = Plan(kind)
     pieces = read_cells(cells, plan)
+    first = next((i for i, p in enumerate(pieces) if start is not None and p.cell >= start), len(pieces))
+    if kind == "accelerate":
+        launch, call = find_notebook_launcher(pieces)
+        plan_accelerate(pieces, call, plan)
+        return render(notebook, pieces, plan, first, launch), plan
     ctor, call = find_constructor(pieces)
     expected = "Trainer" if kind == "trainer" else "Fabric"
     if _callee(call) != expected:
         raise ExportError(f"the notebook launches with {kind} but builds a {_callee(call)}")
     plan_options(call, plan)
-    first = next((i for i, p in enumerate(pieces) if start is not None and p.cell >= start), len(pieces))
     return render(notebook, pieces, plan, first, ctor), plan
 
 

@@ -595,16 +595,19 @@ def rule_table() -> str:
 @main.command()
 @click.argument("notebook", type=click.Path())
 @click.option("-o", "--output", default="train.py", show_default=True, type=click.Path(dir_okay=False), help="The script to write.")
-@click.option("--engine", type=click.Choice(["torchrun", "fabric", "slurm"]), help="Print the launch commands for this engine (slurm also writes SCRIPT.sbatch beside the script).")
+@click.option("--engine", type=click.Choice(["torchrun", "fabric", "accelerate", "slurm"]), help="Print the launch commands for this engine (slurm also writes SCRIPT.sbatch beside the script).")
 @click.option("--nodes", type=click.IntRange(min=1), help="Machines for the multi-node commands and the sbatch file (default: the notebook's num_nodes; 2 in the torchrun/fabric example).")
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if the files on disk differ from what export would write (for CI).")
 def export(notebook, output, engine, nodes, check_only):
-    """Write NOTEBOOK, as `fix` leaves it, as a training script for torchrun, `fabric run` or SLURM.
+    """Write NOTEBOOK, as `fix` leaves it, as a training script for torchrun, `fabric run`, SLURM or
+    `accelerate launch`.
 
     The Trainer/Fabric reads `--accelerator`, `--devices`, `--num-nodes` (Fabric also `--strategy`,
     `--precision` where the notebook sets them), defaulting to the notebook's values; training runs
-    in `main(args)` under `if __name__ == "__main__":`. Display-only code is left out with a
-    comment. Exit 0 written (or, with --check, up to date), 1 stale (--check), 2 error.
+    in `main(args)` under `if __name__ == "__main__":`. Accelerate: the function notebook_launcher
+    ran is called from `main(args)` (`accelerate launch` starts the processes; the script's `--cpu`
+    keeps them on the CPU). Display-only code is left out with a comment. Exit 0 written (or, with
+    --check, up to date), 1 stale (--check), 2 error.
     """
     from nbrefactor import export as ex
     from nbrefactor.writer import write_atomically
@@ -616,6 +619,9 @@ def export(notebook, output, engine, nodes, check_only):
         raise
     except Exception as err:  # noqa: BLE001 - a bug: one error line, not a traceback
         raise internal_error(name, err) from None
+    refused = ex.engine_error(result.plan, engine)
+    if refused:
+        raise NotebookError(name, f"cannot export: {refused}")
     files = ex.outputs(result, output, engine, nodes)
     if check_only:
         stale = ex.stale(files)

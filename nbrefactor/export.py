@@ -1,5 +1,6 @@
 """`nbrefactor export`: a notebook, as `fix` leaves it, written as a training script for torchrun,
-`fabric run`, SLURM's `srun` (and plain `python`), with the launch commands for each engine."""
+`fabric run`, SLURM's `srun`, `accelerate launch` (and plain `python`), with the launch commands for
+each engine."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from codemods.export_script import ExportError, Plan, export_script
 from nbrefactor.errors import NotebookError
 
-ENGINES = ("torchrun", "fabric", "slurm")
+ENGINES = ("torchrun", "fabric", "accelerate", "slurm")
+ENGINE_KINDS = {"fabric": ("trainer", "fabric"), "slurm": ("trainer", "fabric"), "accelerate": ("accelerate",)}  # torchrun: all
 KINDS = {"trainer.fit": "trainer", "fabric.launch": "fabric"}
 
 
@@ -40,11 +42,14 @@ def export_notebook(notebook, name: str) -> Export:
 
 
 def _kind(facts, fixed, name: str) -> tuple[str, int | None]:
-    """("trainer" | "fabric", index of the first launch's cell)."""
+    """("trainer" | "fabric" | "accelerate", index of the first launch's cell)."""
     launches = facts.launches if facts is not None else []
-    accelerate = facts is not None and (facts.accelerate_states or facts.accelerate_training)
-    if accelerate or any(lp.kind == "notebook_launcher" for lp in launches):
-        raise NotebookError(name, "cannot export: Accelerate notebooks (notebook_launcher) are not exported yet")
+    accelerate = [lp for lp in launches if lp.kind == "notebook_launcher"]
+    if accelerate:
+        return _accelerate(accelerate, facts, name)
+    if facts is not None and facts.accelerate_training:
+        raise NotebookError(name, "cannot export: the Accelerate training runs at top level, with no notebook_launcher "
+                                  "(NBR305): `nbrefactor fix --devices N` moves it into a function first")
     if not launches:
         raise NotebookError(name, "cannot export: no training found (no trainer.fit, fabric.launch or notebook_launcher)")
     kinds = {"fabric" if lp.kind.startswith("fabric") else "trainer" for lp in launches}
@@ -57,6 +62,25 @@ def _kind(facts, fixed, name: str) -> tuple[str, int | None]:
     return kinds.pop(), statement.cell
 
 
+def _accelerate(launches, facts, name: str) -> tuple[str, int]:
+    if len(launches) > 1:
+        raise NotebookError(name, f"cannot export: {len(launches)} notebook_launcher calls; export handles one")
+    if launches[0].via is not None:
+        raise NotebookError(name, f"cannot export: notebook_launcher runs inside {launches[0].via}(); export needs it at top level")
+    if len(facts.launches) > 1:
+        raise NotebookError(name, "cannot export: the notebook trains with Accelerate and with a Trainer or Fabric")
+    return "accelerate", facts.statements[launches[0].statement].cell
+
+
+def engine_error(plan: Plan, engine: str | None) -> str | None:
+    """Why `engine` does not launch this script, or None."""
+    if engine not in ENGINE_KINDS or plan.kind in ENGINE_KINDS[engine]:
+        return None
+    if plan.kind == "accelerate":
+        return f"--engine {engine} launches Lightning scripts; this notebook trains with Accelerate: use --engine accelerate (or torchrun)"
+    return f"--engine accelerate launches Accelerate scripts; this notebook trains with a {plan.kind.capitalize()}: use --engine torchrun"
+
+
 # --- launch commands -----------------------------------------------------------------------------
 
 
@@ -65,19 +89,37 @@ def _count(plan: Plan, name: str, fallback: int) -> int:
     return value if isinstance(value, int) and value > 0 else fallback
 
 
+def _processes(plan: Plan) -> tuple[int, int]:
+    """(processes per machine, machines) the notebook asks for."""
+    if plan.kind == "accelerate":
+        n, m = plan.launch.get("num_processes"), plan.launch.get("num_nodes")
+        return (n if isinstance(n, int) and n > 0 else 1), (m if isinstance(m, int) and m > 0 else 1)
+    return _count(plan, "devices", 1), _count(plan, "num_nodes", 1)
+
+
+def _script_args(plan: Plan, n: int, m: int | None = None) -> str:
+    """The script's own options for n processes a machine (on m machines)."""
+    if plan.kind == "accelerate":
+        return " --cpu" if plan.default("cpu") else ""
+    accel = plan.default("accelerator", "auto")
+    return f" --accelerator {accel} --devices {n}" + (f" --num-nodes {m}" if m else "")
+
+
 def commands(plan: Plan, script: str, engine: str, nodes: int | None = None) -> str:
     """What to type to launch the script with `engine` (one node, then several)."""
-    n = _count(plan, "devices", 1)
-    m = nodes or max(_count(plan, "num_nodes", 1), 2)
+    n, notebook_nodes = _processes(plan)
+    m = nodes or max(notebook_nodes, 2)
     accel = plan.default("accelerator", "auto")
     s = shlex.quote(script)
+    if engine == "accelerate":
+        return accelerate_commands(plan, s, n, m)
     if engine == "torchrun":
         return (
             f"# one machine, {n} processes:\n"
-            f"torchrun --standalone --nproc_per_node {n} {s} --accelerator {accel} --devices {n}\n"
+            f"torchrun --standalone --nproc_per_node {n} {s}{_script_args(plan, n)}\n"
             f"# {m} machines, {n} processes each (run on every machine, NODE_RANK = 0..{m - 1}; MASTER_ADDR is machine 0):\n"
             f"torchrun --nnodes {m} --node_rank $NODE_RANK --nproc_per_node {n} --master_addr $MASTER_ADDR --master_port 29500 "
-            f"{s} --accelerator {accel} --devices {n} --num-nodes {m}\n"
+            f"{s}{_script_args(plan, n, m)}\n"
         )
     if engine == "fabric":
         return (
@@ -89,6 +131,23 @@ def commands(plan: Plan, script: str, engine: str, nodes: int | None = None) -> 
         )
     sbatch = str(Path(script).with_suffix(".sbatch"))
     return f"# {m} nodes, {n} tasks (one per device) on each:\nsbatch {shlex.quote(sbatch)}\n"
+
+
+def accelerate_commands(plan: Plan, s: str, n: int, m: int) -> str:
+    """`accelerate launch` for one machine and for m: --multi_gpu picks its torchrun launcher (its
+    --cpu would start one process); the script's --cpu keeps those processes on the CPU."""
+    precision = plan.launch.get("mixed_precision")
+    flags = f" --mixed_precision {precision}" if precision not in (None, "no") else ""
+    args = _script_args(plan, n)
+    cpu = "" if args else " (add --cpu after the script to train on CPUs: a machine without GPUs needs it)"
+    one = f"accelerate launch --multi_gpu{flags} --num_processes {n}" if n > 1 else f"accelerate launch{flags}"
+    return (
+        f"# one machine, {n} process{'es' if n > 1 else ''}{cpu}:\n"
+        f"{one} {s}{args}\n"
+        f"# {m} machines, {n} process{'es' if n > 1 else ''} each (run on every machine, MACHINE_RANK = 0..{m - 1}; MAIN_IP is machine 0's address):\n"
+        f"accelerate launch --multi_gpu{flags} --num_machines {m} --num_processes {n * m} --machine_rank $MACHINE_RANK "
+        f"--main_process_ip $MAIN_IP --main_process_port 29500 {s}{args}\n"
+    )
 
 
 def sbatch(plan: Plan, script: str, nodes: int | None = None) -> str:
