@@ -51,7 +51,8 @@ class _Failed(Exception):
 @click.option("--compare", is_flag=True, help="Run the notebook and its fixed copy; show both verdicts side by side.")
 @click.option("--unsafe-fixes", is_flag=True, help="With --fix/--compare: also apply unsafe fixes.")
 @click.option("-v", "--verbose", is_flag=True, help="Stream the notebook's own output.")
-def run(notebook, devices, accelerator, smoke, timeout, report_path, output, force, fix, compare, unsafe_fixes, verbose):
+@click.option("--engine", type=click.Choice(["torchrun", "fabric"]), help="Run the script `nbrefactor export` writes (fixed first) under this launcher instead of a kernel, whole (no smoke mode), in the notebook's folder.")
+def run(notebook, devices, accelerator, smoke, timeout, report_path, output, force, fix, compare, unsafe_fixes, verbose, engine):
     """Run a notebook in a fresh Jupyter kernel, forked on N devices (`ddp_notebook`), and say whether
     it works and, if not, which cell and line broke it and which rule explains it.
 
@@ -63,6 +64,8 @@ def run(notebook, devices, accelerator, smoke, timeout, report_path, output, for
 
     settings = RunSettings(accelerator=accelerator, devices=devices, smoke=smoke, timeout=timeout or None, verbose=verbose)
     try:
+        if engine:
+            sys.exit(_engine_main(notebook, engine, settings, report_path, output, force, fix or compare or unsafe_fixes))
         code = _main(notebook, settings, report_path, output, fix or compare, compare, unsafe_fixes, force)
     except _Failed as err:
         click.echo(f"error: {err.line}", err=True)
@@ -121,6 +124,28 @@ def _main(path, settings, report_path, output, fix, compare, unsafe_fixes, force
 
         _write(output, nbformat.writes(executed), path, force)
     return exit_code(final)
+
+
+def _engine_main(path, engine, settings, report_path, output, force, fix_options) -> int:
+    """`--engine`: export, launch, report (nbrefactor.launcher.engine)."""
+    if output or fix_options:
+        raise _Failed(path, "--engine runs the exported script (safe fixes applied, as `nbrefactor export` does): -o, --fix, --compare and --unsafe-fixes do not apply")
+    missing = [m for m in ("torch", "lightning") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _Failed(path, f"`nbrefactor run --engine` needs {', '.join(missing)} in this Python ({sys.executable}): pip install 'nbrefactor[run]'")
+    from nbrefactor.launcher.engine import EngineError, render_text, run_engine
+    from nbrefactor.launcher.report import exit_code
+
+    notebook, _node = _read(path)
+    _check_targets(path, None, report_path, force)
+    try:
+        report = run_engine(notebook, path, engine=engine, settings=settings)
+    except EngineError as err:
+        raise _Failed(path, str(err)) from None
+    click.echo(render_text(report), nl=False)
+    if report_path:
+        _write(report_path, json.dumps(report, indent=2) + "\n", path, force)
+    return exit_code(report)
 
 
 def unsafe_note(path: str, fixed_report: dict, compare: bool) -> str | None:
