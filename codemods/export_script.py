@@ -398,10 +398,30 @@ def _guarded(body: list[Piece], ctor: Piece | None, launch) -> list[bool]:
     Accelerate, all that follows the launch (`launch(piece)` says which that is: it reads the
     results rank 0 holds, as the notebook process did)."""
     out, built, launched = [], ctor is None, False
+    handed = _handed_back(body)
     for p in body:
-        out.append(launched or (built and _is_print(p.node) and not launch(p)))
+        out.append(launched or (built and _is_print(p.node) and not launch(p)) or id(p) in handed)
         built = built or p is ctor
         launched = launched or launch(p)
+    return out
+
+
+HAND_BACK_NOTE = "rank 0 hands them back through a file"  # the leading comment of the NBR502 fix's callback
+
+
+def _handed_back(body: list[Piece]) -> set[int]:
+    """ids of the statements that load what rank 0 handed back through a file (NBR502's fix:
+    `handed_back = torch.load(hand_back.path, ...)` and the reads of `handed_back`). In a script
+    every rank holds its own values and only rank 0 wrote the file (at a temporary path of its
+    own): those run on rank 0 alone."""
+    callback = next((_target(p) for p in body if HAND_BACK_NOTE in p.text and _target(p)), None)
+    out, loaded = set(), set()
+    for p in body:
+        path = any(isinstance(n, ast.Attribute) and n.attr == "path" and isinstance(n.value, ast.Name) and n.value.id == callback
+                   for n in ast.walk(p.node))
+        if callback and (path or _names(p.node) & loaded):
+            out.add(id(p))
+            loaded |= _bound(p.node) if path else set()
     return out
 
 
