@@ -13,6 +13,7 @@ Works on source text with `ast` positions so that comments are kept; no nbrefact
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 DISPLAY_MODULES = ("matplotlib", "seaborn", "IPython", "plotly")
@@ -455,6 +456,27 @@ def _lightning_main(body: list[Piece], ctor: Piece, plan: Plan) -> tuple[dict[in
     return texts, _guarded(body, ctor, launch), owner and f"{owner}.global_rank == 0"
 
 
+BROADCASTS = ("log_dir",)  # Trainer properties that broadcast from rank 0: every rank must read them
+
+
+def _broadcasts_first(body: list[Piece], texts: dict[int, str], guards: list[bool], trainer: str, pieces: list[Piece]) -> tuple[list[Piece], list[bool]]:
+    """A rank-0 statement that reads `trainer.log_dir` (a broadcast: on rank 0 alone it fails once
+    the other ranks have exited) reads a name that every rank sets just before it."""
+    out_body, out_guards = [], []
+    for p, guard in zip(body, guards):
+        reads = [n.attr for n in ast.walk(p.node) if isinstance(n, ast.Attribute) and n.attr in BROADCASTS
+                 and isinstance(n.value, ast.Name) and n.value.id == trainer]
+        for attr in dict.fromkeys(reads) if guard else ():
+            name = _fresh(f"{trainer}_{attr}", pieces)
+            line = f"{name} = {trainer}.{attr}  # a broadcast from rank 0: every rank takes part"
+            out_body.append(Piece(p.cell, line, ast.parse(line).body[0]))
+            out_guards.append(False)
+            texts[id(p)] = re.sub(rf"(?<![\w.]){trainer}\.{attr}\b", name, texts.get(id(p), p.text))
+        out_body.append(p)
+        out_guards.append(guard)
+    return out_body, out_guards
+
+
 def _accelerate_main(body: list[Piece], launch: Piece, state: str) -> tuple[dict[int, str], list[bool], str]:
     texts = {id(launch): rewrite_notebook_launcher(launch)}
     return texts, _guarded(body, None, lambda p: p is launch), f"{state}.is_main_process"
@@ -474,6 +496,8 @@ def _main(pieces: list[Piece], start: int, anchor: int, plan: Plan) -> tuple[lis
         head.append(f"{state} = PartialState(cpu=args.cpu)  # this process's place in the launch; the Accelerator joins it")
     else:
         texts, guards, rank0 = _lightning_main(body, pieces[anchor], plan)
+        if plan.kind == "trainer" and _target(pieces[anchor]):
+            body, guards = _broadcasts_first(body, texts, guards, _target(pieces[anchor]), pieces)
     lines = _main_body(body, texts, guards, rank0)
     stored = set().union(*(_bound(p.node) for p in body)) if body else set()
     shared = sorted(stored & _free_reads(top))
