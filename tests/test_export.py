@@ -1,11 +1,13 @@
 """`nbrefactor export`: the script runs under real launchers (torchrun on 2 CPU processes, two
-torchrun "nodes" on this machine, `fabric run`) and prints what the notebook printed in one
-process; the sbatch file, `--check`, errors, and the goldens in golden_export/ byte for byte."""
+torchrun "nodes" on this machine, `fabric run`, `accelerate launch` on 2 CPU processes) and prints
+what the notebook printed in one process; the sbatch file, `--check`, errors, and the goldens in
+golden_export/ byte for byte."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from tests.kernel import ONE_PROCESS_CELL, single_process_env
 
 TRAINER = "golden/trainer_synthetic/input.ipynb"
 FABRIC = "golden/fabric_script_style/input.ipynb"
+ACCELERATE_ORIGINAL = "golden/accelerate_tutorial_top_level/input.ipynb"  # Accelerate training at top level (NBR305)
+ACCELERATE = "golden/accelerate_tutorial_top_level/expected.ipynb"  # as `fix --devices 2` leaves it: notebook_launcher
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
 CASES = sorted(p for p in (ROOT / "golden_export").iterdir() if (p / "case.json").is_file())
 
@@ -40,11 +44,12 @@ def _lines(text: str) -> list[str]:
 
 
 def _one_process_prints(notebook: str, tmp: Path) -> list[str]:
-    """What the notebook prints run in one process (its code cells, magics left out)."""
+    """What the notebook prints run in one process (its code cells, magics left out; Lightning's
+    Trainer held to one process where the notebook uses Lightning)."""
     nb = read_notebook(ROOT / notebook)
     code = "\n".join(line for c in nb.code_cells for line in c.source.split("\n") if not line.lstrip().startswith(("%", "!")))
     path = tmp / "one_process.py"
-    path.write_text(ONE_PROCESS_CELL + "\n" + code)
+    path.write_text((ONE_PROCESS_CELL + "\n" if "lightning" in code else "") + code)
     r = _run([sys.executable, str(path)], tmp, {**ENV, **single_process_env()})
     assert r.returncode == 0, r.stderr
     return _lines(r.stdout)
@@ -53,7 +58,7 @@ def _one_process_prints(notebook: str, tmp: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory) -> dict[str, Path]:
     """Each notebook exported once for the tests that run it."""
-    return {nb: _export(nb, tmp_path_factory.mktemp(Path(nb).parent.name)) for nb in (TRAINER, FABRIC)}
+    return {nb: _export(nb, tmp_path_factory.mktemp(Path(nb).parent.name)) for nb in (TRAINER, FABRIC, ACCELERATE)}
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -96,6 +101,28 @@ def test_fabric_export_runs_under_fabric_run(scripts, tmp_path):
     assert "final loss 0.0 after 30 epochs" in r.stdout
 
 
+def test_accelerate_export_runs_under_the_printed_accelerate_launch_on_two_cpu_processes(scripts, tmp_path):
+    """The one-machine command `--engine accelerate` prints, run: `--multi_gpu` is accelerate's
+    torchrun launcher (its own `--cpu` would start one process), the script's `--cpu` makes the two
+    processes a gloo group. Per rank (torchrun's logs): rank 0 prints what the notebook printed in
+    one process; rank 1 ran to the end and printed nothing, which it does only when its
+    PartialState says it is not the main process of the group."""
+    pytest.importorskip("accelerate", reason="accelerate is not installed")
+    script = scripts[ACCELERATE]
+    command = ex.commands(_plan(ACCELERATE), str(script), "accelerate").splitlines()[1]
+    words = shlex.split(command)
+    assert words[:2] == ["accelerate", "launch"] and words[-1] == "--cpu", command
+    logs = tmp_path / "logs"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--tee", "3", "--log_dir", str(logs), *words[2:]]
+    r = _run(launch, tmp_path, {**ENV, "HF_HOME": str(tmp_path / "hf")})  # no accelerate config of this machine's user
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = {p.parent.name: p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
+    assert sorted(ranks) == ["0", "1"], ranks
+    assert _lines(ranks["0"]) == _one_process_prints(ACCELERATE_ORIGINAL, tmp_path)
+    assert ranks["1"] == ""
+
+
 def _plan(notebook: str):
     return ex.export_notebook(read_notebook(ROOT / notebook), notebook).plan
 
@@ -118,12 +145,28 @@ def test_engine_commands():
     assert "torchrun --standalone --nproc_per_node 2 train.py --accelerator cpu --devices 2\n" in torchrun
     assert "--nnodes 2 --node_rank $NODE_RANK --nproc_per_node 2 --master_addr $MASTER_ADDR --master_port 29500" in torchrun
     assert "fabric run --accelerator cpu --devices 2 train.py" in ex.commands(plan, "train.py", "fabric")
+    assert ex.engine_error(plan, "accelerate") and ex.engine_error(plan, "slurm") is None
 
 
-def test_check_exits_0_when_up_to_date_and_1_when_stale(tmp_path):
-    script = _export(TRAINER, tmp_path, "--engine", "slurm")
-    assert (tmp_path / "train.sbatch").is_file()
-    args = ("export", TRAINER, "-o", str(script), "--engine", "slurm", "--check")
+def test_accelerate_engine_commands_and_refusals():
+    plan = _plan(ACCELERATE)
+    one, many = ex.commands(plan, "train.py", "accelerate").splitlines()[1::2]
+    assert one == "accelerate launch --multi_gpu --num_processes 2 train.py --cpu"  # Accelerator(cpu=True) in the notebook
+    assert many == ("accelerate launch --multi_gpu --num_machines 2 --num_processes 4 --machine_rank $MACHINE_RANK "
+                    "--main_process_ip $MAIN_IP --main_process_port 29500 train.py --cpu")
+    assert "torchrun --standalone --nproc_per_node 2 train.py --cpu\n" in ex.commands(plan, "train.py", "torchrun")
+    assert "--engine accelerate" in ex.engine_error(plan, "slurm") and ex.engine_error(plan, "fabric")
+    assert ex.engine_error(plan, "torchrun") is None and ex.engine_error(plan, "accelerate") is None
+    plan.options[0].default, plan.launch = False, {"num_processes": 1, "mixed_precision": "bf16"}
+    text = ex.commands(plan, "train.py", "accelerate")
+    assert "add --cpu after the script" in text and "\naccelerate launch --mixed_precision bf16 train.py\n" in text
+
+
+@pytest.mark.parametrize("notebook, engine", [(TRAINER, "slurm"), (ACCELERATE, "accelerate")], ids=["trainer", "accelerate"])
+def test_check_exits_0_when_up_to_date_and_1_when_stale(tmp_path, notebook, engine):
+    script = _export(notebook, tmp_path, "--engine", engine)
+    assert (tmp_path / "train.sbatch").is_file() == (engine == "slurm")
+    args = ("export", notebook, "-o", str(script), "--engine", engine, "--check")
     assert run_cli(*args, cwd=ROOT).returncode == 0
     script.write_text(script.read_text() + "# edited\n")
     r = run_cli(*args, cwd=ROOT)
@@ -150,9 +193,14 @@ def test_unexportable_notebook_is_one_error_line(tmp_path, sources, why):
     assert not (tmp_path / "train.py").exists()
 
 
-def test_two_fabric_launches_are_refused():
-    r = run_cli("export", "golden/fabric_two_launches/input.ipynb", "-o", "/nonexistent/train.py", cwd=ROOT)
-    assert r.returncode == 2 and b"2 fabric.launch calls" in r.stderr
+@pytest.mark.parametrize("notebook, args, why", [
+    ("golden/fabric_two_launches/input.ipynb", (), "2 fabric.launch calls"),
+    (ACCELERATE_ORIGINAL, (), "(NBR305): `nbrefactor fix --devices N` moves it into a function first"),
+    (ACCELERATE, ("--engine", "slurm"), "this notebook trains with Accelerate: use --engine accelerate"),
+], ids=["two-fabric-launches", "accelerate-at-top-level", "accelerate-under-slurm"])
+def test_refused_export_writes_nothing(notebook, args, why):
+    r = run_cli("export", notebook, "-o", "/nonexistent/train.py", *args, cwd=ROOT)
+    assert r.returncode == 2 and why in r.stderr.decode(), r.stderr
 
 
 def test_display_only_code_is_left_out_with_a_comment(tmp_path):
@@ -181,29 +229,3 @@ def test_export_reproduces_golden(case, update_goldens):
         if update_goldens:
             (case / name).write_text(text, encoding="utf-8")
         assert (case / name).read_text(encoding="utf-8") == text, f"{case.name}/{name}: {meta['about']}"
-
-
-def test_local_pre_commit_hook_fails_when_the_script_is_stale(tmp_path):
-    """The README's `repo: local` hook: `export --check` with the notebook and script as its args."""
-    pytest.importorskip("pre_commit", reason="pre-commit is not installed")
-    import shutil
-
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    shutil.copy(ROOT / TRAINER, tmp_path / "train.ipynb")
-    assert run_cli("export", "train.ipynb", "-o", "train.py", cwd=tmp_path).returncode == 0
-    hook = {"id": "nbrefactor-export", "name": "export", "entry": f"{sys.executable} -m nbrefactor export --check train.ipynb -o train.py",
-            "language": "system", "files": r"^train\.(ipynb|py)$", "pass_filenames": False}
-    (tmp_path / ".pre-commit-config.yaml").write_text(json.dumps({"repos": [{"repo": "local", "hooks": [hook]}]}))
-    env = {**ENV, "PRE_COMMIT_HOME": str(tmp_path / ".pre-commit-home"), "NO_COLOR": "1"}
-
-    def pre_commit() -> subprocess.CompletedProcess:
-        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-        subprocess.run(["git", "add", "train.ipynb", "train.py", ".pre-commit-config.yaml"], cwd=tmp_path, check=True)
-        return _run([sys.executable, "-m", "pre_commit", "run", "--all-files"], tmp_path, env)
-
-    r = pre_commit()
-    assert r.returncode == 0 and "Passed" in r.stdout, r.stdout + r.stderr
-    (tmp_path / "train.py").write_text("# edited by hand\n")
-    r = pre_commit()
-    assert r.returncode == 1 and "train.py: out of date with train.ipynb" in r.stdout, r.stdout + r.stderr
