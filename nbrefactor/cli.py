@@ -55,7 +55,7 @@ def main() -> None:
       nbrefactor fix NOTEBOOK...     rewrite it into the fork-safe layout
       nbrefactor run NOTEBOOK        run it in a real kernel on N forked devices: pass/fail, cell, line, rule
       nbrefactor rules [CODE]        the rule catalogue
-      nbrefactor export NB -o F.py   write it as a training script for torchrun, fabric run, SLURM
+      nbrefactor export NB -o F.py   write it as a training script for torchrun, fabric run, SLURM, accelerate launch
     """
 
 
@@ -592,13 +592,22 @@ def rule_table() -> str:
     return "\n".join(lines)
 
 
+_EXPORT_PRE_COMMIT_HELP = (
+    "Run as a pre-commit hook: of the files named, the notebooks with a script in [tool.nbrefactor] export "
+    "(or --map) are exported, and so are those whose script is named; the rest is skipped. Stale scripts are "
+    "rewritten (exit 1: the commit fails, add them and commit again), or only reported with --check."
+)
+
+
 @main.command()
-@click.argument("notebook", type=click.Path())
-@click.option("-o", "--output", default="train.py", show_default=True, type=click.Path(dir_okay=False), help="The script to write.")
+@click.argument("notebooks", metavar="NOTEBOOK", nargs=-1, type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="The script to write (default: train.py).")
 @click.option("--engine", type=click.Choice(["torchrun", "fabric", "accelerate", "slurm"]), help="Print the launch commands for this engine (slurm also writes SCRIPT.sbatch beside the script).")
 @click.option("--nodes", type=click.IntRange(min=1), help="Machines for the multi-node commands and the sbatch file (default: the notebook's num_nodes; 2 in the torchrun/fabric example).")
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if the files on disk differ from what export would write (for CI).")
-def export(notebook, output, engine, nodes, check_only):
+@click.option("--pre-commit", "pre_commit", is_flag=True, help=_EXPORT_PRE_COMMIT_HELP)
+@click.option("--map", "maps", multiple=True, metavar="NOTEBOOK=SCRIPT", help="With --pre-commit: export NOTEBOOK to SCRIPT (paths from the repository root), besides [tool.nbrefactor] export.")
+def export(notebooks, output, engine, nodes, check_only, pre_commit, maps):
     """Write NOTEBOOK, as `fix` leaves it, as a training script for torchrun, `fabric run`, SLURM or
     `accelerate launch`.
 
@@ -607,10 +616,32 @@ def export(notebook, output, engine, nodes, check_only):
     in `main(args)` under `if __name__ == "__main__":`. Accelerate: the function notebook_launcher
     ran is called from `main(args)` (`accelerate launch` starts the processes; the script's `--cpu`
     keeps them on the CPU). Display-only code is left out with a comment. Exit 0 written (or, with
-    --check, up to date), 1 stale (--check), 2 error.
+    --check, up to date), 1 stale (--check; with --pre-commit, also when a stale script was
+    rewritten), 2 error.
     """
+    if pre_commit:
+        if output:
+            raise click.UsageError("-o names one script; with --pre-commit, scripts come from [tool.nbrefactor] export or --map NOTEBOOK=SCRIPT")
+        sys.exit(_export_pre_commit(notebooks, maps, engine, nodes, check_only))
+    if len(notebooks) != 1 or maps:
+        raise click.UsageError("export takes one NOTEBOOK and -o SCRIPT (several notebooks and --map only with --pre-commit)")
+    output = output or "train.py"
     from nbrefactor import export as ex
-    from nbrefactor.writer import write_atomically
+
+    files, name, plan = _exported(notebooks[0], output, engine, nodes)
+    if check_only:
+        stale = ex.stale(files)
+        for path in stale:
+            click.echo(f"{path}: out of date with {name} (run `nbrefactor export {name} -o {output}`)")
+        sys.exit(EXIT_FINDINGS if stale else EXIT_CLEAN)
+    _write_export(files, name)
+    if engine:
+        click.echo(ex.commands(plan, output, engine, nodes), nl=False)
+
+
+def _exported(notebook, output: str, engine, nodes):
+    """(path -> text export writes, the notebook's name, the plan)."""
+    from nbrefactor import export as ex
 
     nb, name, _pair, _data = _load(notebook, None)
     try:
@@ -622,17 +653,43 @@ def export(notebook, output, engine, nodes, check_only):
     refused = ex.engine_error(result.plan, engine)
     if refused:
         raise NotebookError(name, f"cannot export: {refused}")
-    files = ex.outputs(result, output, engine, nodes)
-    if check_only:
-        stale = ex.stale(files)
-        for path in stale:
-            click.echo(f"{path}: out of date with {name} (run `nbrefactor export {name} -o {output}`)")
-        sys.exit(EXIT_FINDINGS if stale else EXIT_CLEAN)
+    return ex.outputs(result, output, engine, nodes), name, result.plan
+
+
+def _write_export(files: dict[str, str], name: str) -> None:
+    from nbrefactor.writer import write_atomically
+
     for path, text in files.items():
         write_atomically(path, text, like=text.encode("utf-8"))  # the script's own \n endings
         click.echo(f"{name} -> {path}", err=True)
-    if engine:
-        click.echo(ex.commands(result.plan, output, engine, nodes), nl=False)
+
+
+def _export_pre_commit(files, maps, engine, nodes, check_only: bool) -> int:
+    """The hook: each entry a named file belongs to, exported; stale scripts rewritten (or reported)."""
+    from nbrefactor import export as ex
+    from nbrefactor.config import load_settings
+    from nbrefactor.writer import write_atomically
+
+    root = Path.cwd()  # pre-commit runs hooks from the repository's root; nothing is written outside it
+    settings = load_settings(root)
+    found = ex.touched(ex.targets(settings.export, settings.source, maps, engine, nodes, root), list(files), root)
+    code = EXIT_CLEAN
+    for target in found:
+        try:
+            written, name, _plan = _exported(target.notebook, target.script, target.engine, target.nodes)
+        except NotebookError as err:
+            _error(err.one_line())
+            code = EXIT_ERROR
+            continue
+        for path in ex.stale(written):
+            code = max(code, EXIT_FINDINGS)
+            if check_only:
+                click.echo(f"{path}: out of date with {name} (run `nbrefactor export {name} -o {target.script}`)")
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)  # inside the root: targets() checked
+                write_atomically(path, written[path], like=written[path].encode("utf-8"))
+                click.echo(f"{path}: rewritten, it was out of date with {name}")
+    return code
 
 
 from nbrefactor.launcher.command import run as _run  # noqa: E402 - imports click only; torch/nbclient load inside

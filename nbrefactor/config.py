@@ -1,7 +1,8 @@
 """`[tool.nbrefactor]` in pyproject.toml, merged with the command line (ruff's names and rules).
 
 Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`, `include-scripts` (folder
-search also takes plain Python scripts, as `--include-scripts` does), and the limits on the work for
+search also takes plain Python scripts, as `--include-scripts` does), `export` (notebook -> script
+for `nbrefactor export --pre-commit`, read by nbrefactor/export.py), and the limits on the work for
 one notebook (`max-file-size`, `max-cells`, `max-cell-lines`, `max-line-length`, `max-nesting`,
 `time-budget`: see nbrefactor/limits.py). Codes match by prefix, as in ruff: `NBR1` selects NBR101
 and NBR102, `ALL` selects everything.
@@ -22,7 +23,7 @@ else:  # pragma: no cover
 
 from nbrefactor import limits as _limits
 
-KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", "include-scripts", *_limits.KEYS}
+KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", "include-scripts", "export", *_limits.KEYS}
 _FLAGS = {"unsafe-fixes", "include-scripts"}  # keys whose value is true or false
 
 
@@ -49,6 +50,7 @@ class Settings:
     exclude: tuple[str, ...] = ()
     include_scripts: bool = False
     limits: _limits.Limits = field(default_factory=_limits.Limits)
+    export: dict = field(default_factory=dict)  # notebook -> script (or a table with `script`), as written
     source: Path | None = None  # the pyproject.toml the settings came from
     warnings: list[str] = field(default_factory=list)
 
@@ -85,6 +87,11 @@ def load_settings(start: Path) -> Settings:
             continue
         if key not in KNOWN_KEYS:
             settings.warnings.append(f"{path}: unknown key `{key}` in [tool.nbrefactor] (known: {', '.join(sorted(KNOWN_KEYS))})")
+            continue
+        if key == "export":
+            if not isinstance(value, dict):
+                raise NotebookError(path, '[tool.nbrefactor] export must be a table: {"notebook.ipynb" = "script.py"}')
+            settings.export = value
             continue
         if key in _FLAGS:
             if not isinstance(value, bool):

@@ -4,6 +4,7 @@ each engine."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,3 +191,56 @@ def stale(files: dict[str, str]) -> list[str]:
         if not same:
             out.append(path)
     return out
+
+
+# --- the pre-commit hook: scripts kept in step with their notebooks ------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A notebook and the script it is exported to (paths as the hook names files: from the root)."""
+
+    notebook: str
+    script: str
+    engine: str | None = None
+    nodes: int | None = None
+
+    def files(self) -> list[str]:
+        """The files export writes for it, and the notebook: a change to any of them runs it."""
+        return [self.notebook, self.script, *([str(Path(self.script).with_suffix(".sbatch"))] if self.engine == "slurm" else [])]
+
+
+def _entry(notebook: str, value, base: Path, root: Path, where: str) -> Target:
+    """One `export` entry: "script.py", or {script = "script.py", engine = "slurm", nodes = 2}."""
+    value = {"script": value} if isinstance(value, str) else value
+    if not isinstance(value, dict) or not isinstance(value.get("script"), str) or set(value) - {"script", "engine", "nodes"}:
+        raise NotebookError(where, f'export entry for {notebook!r} must be a script path or {{script = "...", engine = "...", nodes = N}}')
+    engine, nodes = value.get("engine"), value.get("nodes")
+    if engine is not None and engine not in ENGINES:
+        raise NotebookError(where, f"export entry for {notebook!r}: engine must be one of {', '.join(ENGINES)}")
+    if nodes is not None and (not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1):
+        raise NotebookError(where, f"export entry for {notebook!r}: nodes must be a whole number of machines, 1 or more")
+    script = (base / value["script"]).resolve()
+    if not script.is_relative_to(root):
+        raise NotebookError(where, f"export entry for {notebook!r}: {value['script']} is outside the repository ({root}); nothing is written there")
+    return Target(os.path.relpath((base / notebook).resolve(), root), os.path.relpath(script, root), engine, nodes)
+
+
+def targets(table: dict, source: Path | None, maps: tuple[str, ...], engine: str | None, nodes: int | None, root: Path) -> list[Target]:
+    """The notebook -> script entries of `[tool.nbrefactor] export` (paths from the pyproject.toml's
+    folder) and of `--map NOTEBOOK=SCRIPT` (paths from the root); --engine/--nodes apply to entries
+    that do not set their own."""
+    root = root.resolve()
+    found = [_entry(nb, value, source.parent, root, str(source)) for nb, value in table.items()] if source else []
+    for pair in maps:
+        notebook, sep, script = pair.partition("=")
+        if not sep or not notebook or not script:
+            raise NotebookError("--map", f"{pair!r} is not NOTEBOOK=SCRIPT")
+        found.append(_entry(notebook, script, root, root, "--map"))
+    return [Target(t.notebook, t.script, t.engine or engine, t.nodes or nodes) for t in found]
+
+
+def touched(found: list[Target], files: list[str], root: Path) -> list[Target]:
+    """The entries whose notebook or written files are among `files` (what pre-commit passes)."""
+    named = {Path(f).resolve() for f in files}
+    return [t for t in found if any((root / f).resolve() in named for f in t.files())]

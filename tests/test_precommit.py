@@ -1,6 +1,7 @@
 """nbrefactor in CI and pre-commit: the shipped `.pre-commit-hooks.yaml` run by a real
-`pre-commit run` in a throwaway git repository, and the options hooks and CI use (`--pre-commit`,
-`--output-format github`, `--statistics`, `--exit-zero`, `--quiet`).
+`pre-commit run` (and a real `git commit` through `pre-commit install`) in a throwaway git
+repository, and the options hooks and CI use (`--pre-commit`, `--output-format github`,
+`--statistics`, `--exit-zero`, `--quiet`).
 
 The repository's hooks are `repo: local` copies of the shipped entries (same ids, file types and
 arguments; `language: system` running this checkout's Python), so no network is needed.
@@ -22,6 +23,7 @@ from tests.conftest import ROOT, run_cli
 SEED = ROOT / "golden" / "fabric_seed_data" / "input.ipynb"
 EXPECTED = ROOT / "golden" / "fabric_seed_data" / "expected.ipynb"
 CLEAN = ROOT / "golden" / "fabric_already_safe" / "input.ipynb"
+TRAINER = ROOT / "golden" / "trainer_synthetic" / "input.ipynb"
 
 
 def shipped_hooks() -> list[dict]:
@@ -30,12 +32,13 @@ def shipped_hooks() -> list[dict]:
     return yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
 
 
-def local_config(extra: list[dict] = ()) -> str:
-    """A .pre-commit-config.yaml with the shipped hooks as `repo: local` hooks of this checkout."""
+def local_config(extra: list[dict] = (), only: str | None = None) -> str:
+    """A .pre-commit-config.yaml with the shipped hooks (or the one with id `only`) as `repo: local`
+    hooks of this checkout."""
     import yaml
 
     hooks = []
-    for hook in [*shipped_hooks(), *extra]:
+    for hook in [h for h in [*shipped_hooks(), *extra] if only in (None, h["id"])]:
         program, _, rest = hook["entry"].partition(" ")
         assert program == "nbrefactor"
         hooks.append(
@@ -78,7 +81,7 @@ def pre_commit(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_shipped_hooks_are_well_formed():
     hooks = {h["id"]: h for h in shipped_hooks()}
-    assert set(hooks) == {"nbrefactor-check", "nbrefactor-fix"}
+    assert set(hooks) == {"nbrefactor-check", "nbrefactor-fix", "nbrefactor-export"}
     for hook in hooks.values():
         assert hook["types_or"] == ["jupyter", "python", "markdown"] and hook["require_serial"] is True
         assert hook["entry"].startswith("nbrefactor ") and "--pre-commit" in hook["entry"]
@@ -104,7 +107,7 @@ def test_pre_commit_check_fails_on_a_fork_unsafe_notebook_and_fix_rewrites_it(re
 
     r = pre_commit(repo, "--all-files")
     assert r.returncode == 0, r.stdout
-    assert r.stdout.count("Passed") == 2
+    assert r.stdout.count("Passed") == 3  # export: no notebook has a script, nothing to do
 
 
 def test_pre_commit_passes_on_a_clean_notebook_and_with_no_matching_files(repo):
@@ -113,11 +116,11 @@ def test_pre_commit_passes_on_a_clean_notebook_and_with_no_matching_files(repo):
     (repo / "notes.txt").write_text("no notebooks here\n")
     r = pre_commit(repo, "--all-files")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("(no files to check)Skipped") == 2
+    assert r.stdout.count("(no files to check)Skipped") == 3
     assert "check, always run" in r.stdout and "Passed" in r.stdout  # called with no files: exit 0
     shutil.copy(CLEAN, repo / "clean.ipynb")
     r = pre_commit(repo, "--all-files")
-    assert r.returncode == 0 and r.stdout.count("Passed") == 3, r.stdout
+    assert r.returncode == 0 and r.stdout.count("Passed") == 4, r.stdout
 
 
 def test_pre_commit_fix_writes_both_sides_of_a_jupytext_pair_once(repo):
@@ -134,12 +137,62 @@ def test_pre_commit_fix_writes_both_sides_of_a_jupytext_pair_once(repo):
     assert "Unchanged nb.ipynb" in log and "Unchanged nb.py" in log, log
 
 
+def test_export_hook_rewrites_a_stale_script_fails_the_commit_then_passes(repo):
+    """`pre-commit install`, then `git commit`: the script in [tool.nbrefactor] export was edited by
+    hand, so the hook rewrites it and the commit fails; committed again with the rewritten script,
+    it passes. A notebook with no entry is skipped."""
+    (repo / ".pre-commit-config.yaml").write_text(local_config(only="nbrefactor-export"))
+    (repo / "pyproject.toml").write_text('[tool.nbrefactor]\nexport = {"notebooks/train.ipynb" = "scripts/train.py"}\n')
+    (repo / "notebooks").mkdir()
+    shutil.copy(TRAINER, repo / "notebooks" / "train.ipynb")
+    shutil.copy(SEED, repo / "notebooks" / "explore.ipynb")  # no entry: not exported
+    (repo / "scripts").mkdir()
+    (repo / "scripts" / "train.py").write_text("# edited by hand\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PRE_COMMIT_HOME": str(repo.parent / "pre-commit-home"), "NO_COLOR": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run([sys.executable, "-m", "pre_commit", "install"], cwd=repo, env=env, check=True, capture_output=True, timeout=120)
+
+    def commit() -> subprocess.CompletedProcess:
+        git("add", "-A", cwd=repo)
+        return subprocess.run(["git", "commit", "-q", "-m", "train"], cwd=repo, env=env, capture_output=True, text=True, timeout=240, check=False)
+
+    r = commit()
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "scripts/train.py: rewritten, it was out of date with notebooks/train.ipynb" in out, out
+    assert "files were modified by this hook" in out and "explore" not in out
+    assert (repo / "scripts" / "train.py").read_text().startswith("# Exported by `nbrefactor export` from notebooks/train.ipynb")
+    r = commit()
+    assert r.returncode == 0 and "nbrefactor export" in r.stdout + r.stderr and "Passed" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert subprocess.run(["git", "log", "--oneline"], cwd=repo, capture_output=True, text=True, check=True).stdout.count("train") == 1
+
+
+def test_export_hook_takes_map_from_args_checks_and_writes_nothing_outside_the_repository(tmp_path):
+    root = tmp_path / "repo"
+    (root / "nb").mkdir(parents=True)
+    shutil.copy(TRAINER, root / "nb" / "train.ipynb")
+    (root / "train.py").write_text("# stale\n")
+    r = run_cli("export", "--pre-commit", "--check", "--map", "nb/train.ipynb=train.py", "train.py", cwd=root)
+    assert r.returncode == 1 and r.stdout.decode().startswith("train.py: out of date with nb/train.ipynb"), r
+    assert (root / "train.py").read_text() == "# stale\n"  # --check writes nothing
+    r = run_cli("export", "--pre-commit", "--map", "nb/train.ipynb=train.py", "nb/other.ipynb", "README.md", cwd=root)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")  # no entry for the files named
+    (tmp_path / "outside").mkdir()
+    (root / "linked").symlink_to(tmp_path / "outside", target_is_directory=True)
+    for script in ("../train.py", str(tmp_path / "train.py"), "linked/train.py"):
+        r = run_cli("export", "--pre-commit", "--map", f"nb/train.ipynb={script}", "nb/train.ipynb", cwd=root)
+        assert r.returncode == 2 and b"is outside the repository" in r.stderr, (script, r)
+    (root / "pyproject.toml").write_text('[tool.nbrefactor]\nexport = {"nb/train.ipynb" = {script = "../train.py"}}\n')
+    r = run_cli("export", "--pre-commit", "nb/train.ipynb", cwd=root)
+    assert r.returncode == 2 and b"is outside the repository" in r.stderr, r
+    assert list((tmp_path / "outside").iterdir()) == [] and not (tmp_path / "train.py").exists()
+
+
 # --- the options hooks and CI use ----------------------------------------------------------------
 
 
 def test_pre_commit_flag_with_no_files_does_nothing_silently(tmp_path):
     shutil.copy(SEED, tmp_path / "bad.ipynb")  # in the folder, but not named: not looked at
-    for command in ("check", "fix"):
+    for command in ("check", "fix", "export"):
         r = run_cli(command, "--pre-commit", cwd=tmp_path)
         assert (r.returncode, r.stdout, r.stderr) == (0, b"", b""), (command, r)
     assert (tmp_path / "bad.ipynb").read_bytes() == SEED.read_bytes()
