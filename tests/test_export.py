@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,15 @@ def _export(notebook: str, folder: Path, *args: str) -> Path:
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=False, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=240)
+    """The command's result; past 240 s its whole process group (a launcher's workers too) is killed."""
+    with subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            pytest.fail(f"{' '.join(cmd[:4])} ran past 240 s: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def _lines(text: str) -> list[str]:
