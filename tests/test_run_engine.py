@@ -105,6 +105,7 @@ def test_failing_rank_is_named_with_the_notebook_cell_and_line(tmp_path):
     rank1 = next(r for r in report["launches"][0]["ranks"] if r["rank"] == 1)
     assert rank1["exit_code"] == 1 and rank1["status"] == "failed"
     assert "FAIL" in out and "nb.ipynb:cell 2:8: ValueError: bad batch 0 on rank 1" in out and "found by rank 1's traceback" in out
+    assert "in training_step   <- nb.ipynb, cell 2, line 8" in out
     _nothing_left(report)
 
 

@@ -119,6 +119,8 @@ def _fabric_cli() -> str:
 
 
 def plan_launch(engine: str, kind: str, script: Path, cwd: str, accelerator: str, devices: int | None) -> Launch:
+    if kind not in ("trainer", "fabric"):
+        raise EngineError(f"--engine runs Lightning (Trainer, Fabric) notebooks; this one trains with {kind}: `nbrefactor run` without --engine forks it")
     if engine == "fabric" and kind != "fabric":
         raise EngineError("--engine fabric runs Fabric notebooks; this one trains with a Trainer: use --engine torchrun")
     accelerator, n = _processes(accelerator, devices)
@@ -281,11 +283,12 @@ def place(traceback: str, script: Path, mapping: dict[int, tuple[int, int]], cel
         if m and os.path.basename(m.group("file")) == script.name and Path(m.group("file")).resolve() == script.resolve():
             frames.append(int(m.group("line")))
     if not frames:
-        return {"script_line": None, "cell": None, "line": None, "code": None}
+        return {"script_line": None, "cell": None, "line": None, "code": None, "frames": []}
     at = frames[-1]
     cell, row = mapping.get(at, (None, None))
     code = cells[cell].split("\n")[row - 1].strip() if cell is not None else None
-    return {"script_line": at, "cell": cell, "line": row, "code": code}
+    placed = [{"script_line": n, "cell": mapping[n][0], "line": mapping[n][1]} for n in frames if n in mapping]
+    return {"script_line": at, "cell": cell, "line": row, "code": code, "frames": placed}
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -432,6 +435,10 @@ def _failure_lines(report: dict, clean: str) -> list[str]:
     if f.get("fixed_cell"):
         out.append(f"  (line {f['line']} of cell {f['cell']} as `nbrefactor fix` leaves it; the script is exported from the fixed notebook)")
     tb = (f.get("traceback") or "").rstrip().splitlines() or f.get("launcher_tail") or []
-    out.extend(f"    | {line}" for line in tb[-12:])
+    cells = {fr["script_line"]: f"cell {fr['cell']}, line {fr['line']}" for fr in f.get("frames", [])}
+    for line in tb[-12:]:
+        m = FRAME.match(line)
+        at = cells.get(int(m.group("line"))) if m and m.group("file").endswith(report["engine"]["script"]) else None
+        out.append(f"    | {line}" + (f"   <- {report['notebook']}, {at}" if at else ""))
     out.append(f"  {clean}")
     return out
