@@ -35,6 +35,7 @@ from pathlib import Path
 
 from nbrefactor.launcher import processes
 from nbrefactor.launcher.report import SCHEMA, _cleanup_line, _first_line
+from nbrefactor.launcher.runner import _signals_held, _terminate_unwinds
 
 ENGINES = ("torchrun", "fabric")
 SCRIPT = "train.py"
@@ -301,21 +302,24 @@ def run_engine(notebook, path: str, *, engine: str, settings) -> dict:
     for note in processes.clean_stale():
         print(f"note: {note}", file=sys.stderr)
     script_text, plan, cells, changed = export(notebook, path)
-    run_dir = tempfile.mkdtemp(prefix=processes.RUN_PREFIX)
-    try:
-        tracker = processes.Tracker(run_dir)
+    with _terminate_unwinds():  # SIGTERM stops the launch through the `finally` blocks, as Ctrl-C does
+        run_dir = tempfile.mkdtemp(prefix=processes.RUN_PREFIX)
         try:
-            script = Path(run_dir, SCRIPT)
-            script.write_text(script_text, encoding="utf-8")
-            launch = plan_launch(engine, plan.kind, script, str(Path(path).resolve().parent), settings.accelerator, settings.devices)
-            print(f"{launch.shown}", file=sys.stderr)
-            outcome = launch_and_wait(launch, run_dir, tracker, settings.timeout, settings.verbose)
+            tracker = processes.Tracker(run_dir)
+            try:
+                script = Path(run_dir, SCRIPT)
+                script.write_text(script_text, encoding="utf-8")
+                launch = plan_launch(engine, plan.kind, script, str(Path(path).resolve().parent), settings.accelerator, settings.devices)
+                print(f"launching: {launch.shown}", file=sys.stderr)
+                outcome = launch_and_wait(launch, run_dir, tracker, settings.timeout, settings.verbose)
+            finally:
+                with _signals_held():
+                    left = tracker.close()  # whatever way out: nothing of the run keeps running
+            seen = sorted(tracker.seen)
+            report = build(launch, outcome, run_dir, line_map(script_text, cells), cells, changed)
         finally:
-            left = tracker.close()
-        seen = sorted(tracker.seen)
-        report = build(launch, outcome, run_dir, line_map(script_text, cells), cells, changed)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+            with _signals_held():
+                shutil.rmtree(run_dir, ignore_errors=True)
     report.update(notebook=path, settings=_settings(settings))
     report["cleanup"] = _cleanup(tracker, seen, left, launch.port)
     return report
