@@ -130,7 +130,9 @@ class _Daemons:
 
 def _start_munge(daemons: _Daemons, folder: Path) -> Path:
     key, sock = folder / "munge.key", folder / "munge.sock"
-    subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=60)
+    made = subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=False, capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        pytest.skip(f"the SLURM test cluster did not start: mungekey failed\n{made.stderr[-2000:]}")
     # -f: the pytest folder above this one is not world-searchable; only root uses the socket here.
     daemons.start("munged", ["munged", "-F", "-f", f"--key-file={key}", f"--socket={sock}", f"--pid-file={folder / 'munged.pid'}",
                              f"--log-file={folder / 'munged.log'}", f"--seed-file={folder / 'munged.seed'}"], dict(os.environ))
@@ -139,7 +141,11 @@ def _start_munge(daemons: _Daemons, folder: Path) -> Path:
 
 
 def _node_state(cluster: Cluster) -> str:
-    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], check=False, env=cluster.env(), capture_output=True, text=True, timeout=60)
+    """The node's state as sinfo prints it ("idle", "unk*", ...), "" while slurmctld does not answer."""
+    try:
+        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], check=False, env=cluster.env(), capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return ""
     return r.stdout.strip()
 
 
