@@ -174,12 +174,26 @@ def find_constructor(pieces: list[Piece]) -> tuple[int, ast.Call]:
     if not found:
         raise ExportError("no lightning Trainer(...) or Fabric(...) to export")
     if len(found) > 1:
+        found = _launched(pieces, found) or found
+    if len(found) > 1:
         cells = ", ".join(str(pieces[i].cell) for i, _ in found)
         raise ExportError(f"{len(found)} Trainer/Fabric constructions (cells {cells}); export handles one")
     i, call = found[0]
     if isinstance(pieces[i].node, HOISTED):
         raise ExportError(f"cell {pieces[i].cell}: the {_callee(call)} is built inside a function or class; export needs it at top level")
     return i, call
+
+
+LAUNCHES = frozenset({"fit", "launch"})
+
+
+def _launched(pieces: list[Piece], found: list[tuple[int, ast.Call]]) -> list[tuple[int, ast.Call]]:
+    """Of several constructions, those bound to a name whose `.fit(...)`/`.launch(...)` the notebook
+    calls: the Trainer that trains, not a helper one (NBR503's fix tunes `lr_find` on a one-process
+    Trainer built inside `Tuner(...)`, left as the notebook has it)."""
+    calls = {n.func.value.id for p in pieces for n in ast.walk(p.node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr in LAUNCHES and isinstance(n.func.value, ast.Name)}
+    return [(i, c) for i, c in found if _target(pieces[i]) in calls and pieces[i].node.value is c]
 
 
 def _literal(node):

@@ -2,8 +2,8 @@
 under `torchrun --standalone --nproc_per_node 2 ... --accelerator cpu --devices 2`: exit 0, and each
 rank's own log (torchrun's per-rank log folder) holds Lightning's `MEMBER: k/2`.
 
-All of them take about 7 minutes serial on a 2-core machine (tests/export_sweep.py runs the full
-sweep by hand), so CI runs one case per layout of the exported script that tests/test_export.py does
+All sixteen took 633 s serial on a shared 2-core machine, 16-60 s each (tests/export_sweep.py runs
+the full sweep by hand), so CI runs one case per layout of the exported script that tests/test_export.py does
 not already launch (it runs trainer_synthetic, the plain Trainer, and fabric_script_style, Fabric
 launched through `launcher(fabric)` with module-level names shared through `global`):
 
@@ -12,9 +12,9 @@ launched through `launcher(fabric)` with module-level names shared through `glob
 - trainer_imported_module: the LightningModule imported from a module beside the notebook, and the
   LightningDataModule the fix generates;
 - trainer_callback_history: NBR502's hand-back, loaded on rank 0 only (it alone wrote the file);
-- trainer_logger_version: a rank-0 print of `trainer.log_dir`, a broadcast every rank must join.
-
-trainer_tuner_lr_find is not exported (xfail below): NBR503's fix tunes on a second Trainer.
+- trainer_logger_version: a rank-0 print of `trainer.log_dir`, a broadcast every rank must join;
+- trainer_tuner_lr_find: a second, one-process Trainer (NBR503's fix tunes `lr_find` on it) beside
+  the one that trains, which alone reads the script's options.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ import pytest
 
 from tests.export_sweep import GOLDEN, export, passed, torchrun
 
-LAYOUTS = ["fabric_already_safe", "trainer_imported_module", "trainer_callback_history", "trainer_logger_version"]
-NOT_EXPORTED = {
-    "trainer_tuner_lr_find": "export handles one Trainer/Fabric construction; NBR503's fix tunes lr_find on a second, "
-                             "one-process Trainer in the notebook process (cells 4, 5)",
-}
+LAYOUTS = ["fabric_already_safe", "trainer_imported_module", "trainer_callback_history", "trainer_logger_version", "trainer_tuner_lr_find"]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +40,3 @@ def test_exported_golden_runs_under_torchrun_on_two_ranks(name, scripts):
     assert script is not None, error
     launch = torchrun(script, GOLDEN / name, script.parent)
     assert passed(launch), (launch.returncode, launch.members, launch.output[-3000:])
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=why)) for n, why in NOT_EXPORTED.items()])
-def test_golden_not_exported_yet(name, tmp_path):
-    script, error = export(GOLDEN / name, tmp_path)
-    assert script is not None, error
-    assert passed(torchrun(script, GOLDEN / name, tmp_path))
