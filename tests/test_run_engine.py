@@ -23,7 +23,7 @@ CPU2 = ("--accelerator", "cpu", "--devices", "2", "--timeout", "400")
 FAILING = [
     "import torch\nimport lightning as L\nfrom torch.utils.data import DataLoader, TensorDataset",
     # cell 2: rank 1 fails in its first training step, line 8 of the cell
-    "class Line(L.LightningModule):\n"
+    ("class Line(L.LightningModule):\n"
     "    def __init__(self):\n"
     "        super().__init__()\n"
     "        self.layer = torch.nn.Linear(1, 1)\n"
@@ -39,10 +39,10 @@ FAILING = [
     "\n"
     "    def train_dataloader(self):\n"
     "        x = torch.linspace(0, 1, 32).unsqueeze(1)\n"
-    "        return DataLoader(TensorDataset(x, 2 * x + 1), batch_size=8)",
-    "trainer = L.Trainer(accelerator='cpu', devices=2, max_epochs=1, enable_progress_bar=False,\n"
+    "        return DataLoader(TensorDataset(x, 2 * x + 1), batch_size=8)"),
+    ("trainer = L.Trainer(accelerator='cpu', devices=2, max_epochs=1, enable_progress_bar=False,\n"
     "                    enable_model_summary=False, logger=False, enable_checkpointing=False)\n"
-    "trainer.fit(Line())",
+    "trainer.fit(Line())"),
 ]
 
 

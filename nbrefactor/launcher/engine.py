@@ -40,7 +40,7 @@ from nbrefactor.launcher.runner import _signals_held, _terminate_unwinds
 ENGINES = ("torchrun", "fabric")
 SCRIPT = "train.py"
 MEMBER = re.compile(r"MEMBER: (\d+)/(\d+)")
-FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.S)
+FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.DOTALL)
 FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>.+)$')
 
 
@@ -242,7 +242,7 @@ def exit_codes(output: str) -> dict[int, tuple[int, int]]:
 
 def root_cause(output: str) -> int | None:
     """The rank torchrun names as the first observed failure."""
-    m = re.search(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)", output, re.S)
+    m = re.search(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)", output, re.DOTALL)
     return int(m.group(1)) if m else None
 
 
@@ -261,7 +261,7 @@ def ranks(launch: Launch, outcome: Outcome, run_dir: str) -> list[dict]:
     return out
 
 
-RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?", re.M)  # torch.distributed's excepthook tags each line of a rank's traceback
+RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?", re.MULTILINE)  # torch.distributed's excepthook tags each line of a rank's traceback
 
 
 def traceback_of(text: str) -> str | None:
