@@ -246,7 +246,11 @@ def root_cause(output: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def ranks(launch: Launch, outcome: Outcome, run_dir: str) -> list[dict]:
+def ranks(outcome: Outcome, run_dir: str) -> list[dict]:
+    """Each rank seen (a log folder, a pid, a line of torchrun's summary): pid, exit code, status,
+    and the `MEMBER: k/N` it printed. A rank torchrun's summary leaves out of a failed launch
+    exited before the failure or was stopped with the rest: its code is not reported."""
+    unknown = "stopped" if outcome.status in ("timeout", "interrupted") else "not reported"
     failed = exit_codes(outcome.output)
     seen = set(rank_folders(run_dir)) | set(outcome.pids) | set(failed)
     out = []
@@ -254,7 +258,7 @@ def ranks(launch: Launch, outcome: Outcome, run_dir: str) -> list[dict]:
         text = rank_logs(run_dir, rank)
         member = MEMBER.search(text)
         code, pid = failed.get(rank, (0 if outcome.returncode == 0 else None, outcome.pids.get(rank)))
-        status = "finished" if code == 0 else "failed" if code is not None and code > 0 else "killed" if code is not None else "stopped"
+        status = "finished" if code == 0 else "failed" if code is not None and code > 0 else "killed" if code is not None else unknown
         entry = {"rank": rank, "pid": pid or outcome.pids.get(rank), "exit_code": code, "status": status,
                  "member": member.group(0) if member else None}
         out.append(entry)
@@ -326,7 +330,7 @@ def run_engine(notebook, path: str, *, engine: str, settings) -> dict:
 
 
 def build(launch: Launch, outcome: Outcome, run_dir: str, mapping, cells, changed) -> dict:
-    rank_list = ranks(launch, outcome, run_dir)
+    rank_list = ranks(outcome, run_dir)
     done = [r for r in rank_list if r["exit_code"] == 0]
     verdict = {"interrupted": "interrupted"}.get(outcome.status, "pass" if outcome.status == "completed" and len(done) == launch.processes else "fail")
     warnings = []
