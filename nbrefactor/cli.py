@@ -19,6 +19,13 @@ from nbrefactor.errors import NotANotebook, NotebookError
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
+# nbformat (and so jupytext) imports jsonschema, whose format checkers load `rfc3987_syntax` when it
+# is installed (JupyterLab's jupyter_server brings it): that module compiles an IRI grammar at import,
+# 3 s of every command that reads a jupytext file, for a format nbformat's schemas never use.
+# The command-line process does without it (jsonschema skips that check); a process that already has
+# it keeps it.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 
 def _error(message: str) -> None:
     click.echo(f"error: {message}", err=True)
