@@ -1,6 +1,7 @@
-"""`nbrefactor run NB --engine torchrun|fabric`: the exported script under the real launcher, on 2 CPU
-processes, reported as `run` reports: the ranks and their exit codes, the failing rank's traceback
-placed in the notebook's cell and line, the command, and nothing left running."""
+"""`nbrefactor run NB --engine torchrun|fabric|accelerate`: the exported script under the real
+launcher, on 2 CPU processes, reported as `run` reports: the ranks and their exit codes, the failing
+rank's traceback placed in the notebook's cell and line, the command, and nothing left running;
+`--engine slurm` and an engine that does not launch the notebook's kind refused in one line."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.conftest import ROOT, run_cli
 
 TRAINER = ROOT / "golden" / "trainer_synthetic" / "input.ipynb"
 FABRIC = ROOT / "golden" / "fabric_script_style" / "input.ipynb"
+ACCELERATE = ROOT / "golden" / "accelerate_tutorial_top_level" / "expected.ipynb"  # notebook_launcher, Accelerator(cpu=True)
+ACCELERATE_TOP_LEVEL = ROOT / "golden" / "accelerate_tutorial_top_level" / "input.ipynb"  # NBR305: not exportable
 CPU2 = ("--accelerator", "cpu", "--devices", "2", "--timeout", "400")
 
 FAILING = [
@@ -46,6 +49,19 @@ FAILING = [
 ]
 
 
+ACCELERATE_FAILING = [
+    "import torch\nfrom accelerate import Accelerator, notebook_launcher",
+    # cell 2: process 1 fails after joining the group, line 5 of the cell
+    ("def training_function():\n"
+     "    accelerator = Accelerator(cpu=True)\n"
+     "    model = accelerator.prepare(torch.nn.Linear(1, 1))\n"
+     "    if accelerator.process_index == 1:\n"
+     "        raise ValueError(f'bad data on process {accelerator.process_index}')\n"
+     "    accelerator.print('trained', sum(p.numel() for p in model.parameters()))"),
+    "notebook_launcher(training_function, num_processes=2)",
+]
+
+
 def _notebook(folder: Path, sources: list[str]) -> Path:
     cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": s} for i, s in enumerate(sources)]
     path = folder / "nb.ipynb"
@@ -57,7 +73,8 @@ def _notebook(folder: Path, sources: list[str]) -> Path:
 def _run(notebook: Path, *args: str):
     """`nbrefactor run` in the notebook's folder: (exit code, stdout, stderr, the --report JSON)."""
     report = notebook.parent / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "HF_HOME": str(notebook.parent / "hf")}  # no accelerate config of this machine's user
     r = subprocess.run([sys.executable, "-m", "nbrefactor", "run", notebook.name, *args, "--report", str(report)],
                        cwd=notebook.parent, env=env, capture_output=True, timeout=500, check=False)
     data = json.loads(report.read_text()) if report.exists() else None
@@ -125,3 +142,60 @@ def test_fabric_engine_refuses_a_trainer_notebook_in_one_line(tmp_path):
     r = run_cli("run", "nb.ipynb", "--engine", "fabric", cwd=tmp_path)
     err = r.stderr.decode().strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: nb.ipynb: --engine fabric runs Fabric notebooks"), err
+
+
+@pytest.fixture(scope="module")
+def accelerate_run(tmp_path_factory):
+    pytest.importorskip("accelerate", reason="accelerate is not installed")
+    folder = tmp_path_factory.mktemp("accelerate")
+    shutil.copy(ACCELERATE, folder / "nb.ipynb")
+    return _run(folder / "nb.ipynb", "--engine", "accelerate", *CPU2)
+
+
+def test_accelerate_golden_passes_under_accelerate_launch_on_two_ranks(accelerate_run):
+    code, out, err, report = accelerate_run
+    assert code == 0, out + err[-3000:]
+    assert report["verdict"] == "pass" and report["ranks"] == 2 and report["warnings"] == []
+    ranks = report["launches"][0]["ranks"]
+    assert [(r["rank"], r["exit_code"], r["status"]) for r in ranks] == [(0, 0, "finished"), (1, 0, "finished")]
+    assert all(isinstance(r["pid"], int) for r in ranks) and ranks[0]["pid"] != ranks[1]["pid"]
+    port = report["launches"][0]["port"]
+    assert report["engine"]["command"].startswith(f"accelerate launch --multi_gpu --num_processes 2 --main_process_port {port} ")
+    assert report["engine"]["command"].endswith("train.py --cpu")
+    assert "PASS" in out and "2 ranks exited 0 under accelerate" in out and "nothing left running" in out
+
+
+def test_accelerate_run_leaves_nothing_running(accelerate_run):
+    _nothing_left(accelerate_run[3])
+
+
+def test_failing_accelerate_process_is_named_with_the_notebook_cell_and_line(tmp_path):
+    pytest.importorskip("accelerate", reason="accelerate is not installed")
+    code, out, err, report = _run(_notebook(tmp_path, ACCELERATE_FAILING), "--engine", "accelerate", *CPU2)
+    assert code == 1, out + err[-3000:]
+    failure = report["failure"]
+    assert report["verdict"] == "fail" and failure["rank"] == 1 and failure["ranks_failed"] == [1]
+    assert (failure["cell"], failure["line"], failure["exception"]) == (2, 5, "ValueError"), failure
+    assert failure["message"] == "bad data on process 1" and "raise ValueError" in failure["code"]
+    rank1 = next(r for r in report["launches"][0]["ranks"] if r["rank"] == 1)
+    assert rank1["exit_code"] == 1 and rank1["status"] == "failed" and isinstance(rank1["pid"], int)
+    assert "nb.ipynb:cell 2:5: ValueError: bad data on process 1" in out and "found by rank 1's traceback" in out
+    assert "in training_function   <- nb.ipynb, cell 2, line 5" in out
+    _nothing_left(report)
+
+
+@pytest.mark.parametrize("notebook, engine, error", [
+    (ACCELERATE, "slurm", ("--engine slurm: `nbrefactor run` cannot start a SLURM job; export the script and its batch file, "
+                           "then submit it: nbrefactor export nb.ipynb -o train.py --engine slurm && sbatch train.sbatch")),
+    (TRAINER, "slurm", "--engine slurm: `nbrefactor run` cannot start a SLURM job;"),
+    (ACCELERATE, "torchrun", "--engine torchrun runs Lightning (Trainer, Fabric) notebooks; this one trains with Accelerate: use --engine accelerate"),
+    (ACCELERATE, "fabric", "--engine fabric runs Fabric notebooks; this one trains with Accelerate: use --engine accelerate"),
+    (TRAINER, "accelerate", "--engine accelerate runs Accelerate notebooks; this one trains with a Trainer: use --engine torchrun"),
+    (ACCELERATE_TOP_LEVEL, "accelerate", "cannot export: the Accelerate training runs at top level, with no notebook_launcher (NBR305)"),
+], ids=["slurm-accelerate", "slurm-trainer", "torchrun-accelerate", "fabric-accelerate", "accelerate-trainer", "accelerate-top-level"])
+def test_engine_refusals_are_one_error_line(tmp_path, notebook, engine, error):
+    shutil.copy(notebook, tmp_path / "nb.ipynb")
+    r = run_cli("run", "nb.ipynb", "--engine", engine, "--accelerator", "cpu", "--devices", "2", cwd=tmp_path)
+    err = r.stderr.decode().strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith(f"error: nb.ipynb: {error}"), err
+    assert r.stdout == b"" and not (tmp_path / "train.py").exists()

@@ -51,7 +51,7 @@ class _Failed(Exception):
 @click.option("--compare", is_flag=True, help="Run the notebook and its fixed copy; show both verdicts side by side.")
 @click.option("--unsafe-fixes", is_flag=True, help="With --fix/--compare: also apply unsafe fixes.")
 @click.option("-v", "--verbose", is_flag=True, help="Stream the notebook's own output.")
-@click.option("--engine", type=click.Choice(["torchrun", "fabric"]), help="Run the script `nbrefactor export` writes (fixed first) under this launcher instead of a kernel, whole (no smoke mode), in the notebook's folder.")
+@click.option("--engine", type=click.Choice(["torchrun", "fabric", "accelerate", "slurm"]), help="Run the script `nbrefactor export` writes (fixed first) under this launcher instead of a kernel, whole (no smoke mode), in the notebook's folder.")
 def run(notebook, devices, accelerator, smoke, timeout, report_path, output, force, fix, compare, unsafe_fixes, verbose, engine):
     """Run a notebook in a fresh Jupyter kernel, forked on N devices (`ddp_notebook`), and say whether
     it works and, if not, which cell and line broke it and which rule explains it.

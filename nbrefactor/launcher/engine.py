@@ -1,15 +1,18 @@
-"""`nbrefactor run NB --engine torchrun|fabric`: the notebook exported as `nbrefactor export` writes it
-(fixed first), launched by the real launcher, and reported as `run` reports a forked run.
+"""`nbrefactor run NB --engine torchrun|fabric|accelerate`: the notebook exported as `nbrefactor
+export` writes it (fixed first), launched by the real launcher, and reported as `run` reports a forked run.
 
 The script goes to the run's temporary folder (`nbrefactor-run-*`, removed on the way out); the
 launcher runs in the notebook's folder, so relative data paths resolve, with that folder importable
 (a kernel imports modules beside the notebook). Each rank's output goes to a log file of its own
 (torchrun's `--log-dir`/`--tee`, given as `PET_*` variables so the command shown is the one a user
-types, and `fabric run`, which calls torchrun, honours them too). What the report says comes from
-the launcher itself:
+types, and `fabric run`, which calls torchrun, honours them too; `accelerate launch --multi_gpu`,
+torchrun inside, overrides them with its own `--tee`/`--log_dir`, given on the command run instead).
+`--engine slurm` is refused: `run` does not submit jobs. What the report says comes from the
+launcher itself:
 
 - the ranks: one log folder per local rank; a rank's pid is the launcher's child whose environment
-  holds its `RANK`; a rank that joined the process group printed Lightning's `MEMBER: k/N`;
+  holds its `RANK`; a rank that joined the process group printed Lightning's `MEMBER: k/N`
+  (Accelerate prints none);
 - exit codes: torchrun's failure summary (`rank : R`, `exitcode : C (pid: P)`) for the ranks that
   failed, 0 for all when torchrun exits 0;
 - the failing rank's traceback, from its own log, its frames in the script mapped back to the
@@ -22,6 +25,7 @@ the rendezvous port comes from `processes.free_port()` and is checked free after
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shlex
@@ -37,8 +41,9 @@ from nbrefactor.launcher import processes
 from nbrefactor.launcher.report import SCHEMA, _cleanup_line, _first_line
 from nbrefactor.launcher.runner import _signals_held, _terminate_unwinds
 
-ENGINES = ("torchrun", "fabric")
+ENGINES = ("torchrun", "fabric", "accelerate", "slurm")
 SCRIPT = "train.py"
+LOGS = "logs"  # each rank's output, under the run's folder
 MEMBER = re.compile(r"MEMBER: (\d+)/(\d+)")
 FAILED_RANK = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)", re.DOTALL)
 FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>.+)$')
@@ -119,24 +124,64 @@ def _fabric_cli() -> str:
     return found
 
 
+KINDS = {"torchrun": ("trainer", "fabric"), "fabric": ("fabric",), "accelerate": ("accelerate",)}  # what each engine launches
+RUNS = {"torchrun": "Lightning (Trainer, Fabric)", "fabric": "Fabric", "accelerate": "Accelerate"}
+TRAINS = {"trainer": "a Trainer", "fabric": "Fabric", "accelerate": "Accelerate"}
+
+
+def refusal(engine: str, kind: str) -> str | None:
+    """Why `engine` does not launch a notebook of this kind, or None."""
+    if kind in KINDS[engine]:
+        return None
+    use = "accelerate" if kind == "accelerate" else "torchrun"
+    return f"--engine {engine} runs {RUNS[engine]} notebooks; this one trains with {TRAINS[kind]}: use --engine {use}"
+
+
+def slurm_refusal(path: str) -> str:
+    script = str(Path(path).with_name(SCRIPT))
+    return ("--engine slurm: `nbrefactor run` cannot start a SLURM job; export the script and its batch file, then submit it: "
+            f"nbrefactor export {shlex.quote(path)} -o {shlex.quote(script)} --engine slurm && sbatch {shlex.quote(str(Path(script).with_suffix('.sbatch')))}")
+
+
 def plan_launch(engine: str, kind: str, script: Path, cwd: str, accelerator: str, devices: int | None) -> Launch:
-    if kind not in ("trainer", "fabric"):
-        raise EngineError(f"--engine runs Lightning (Trainer, Fabric) notebooks; this one trains with {kind}: `nbrefactor run` without --engine forks it")
-    if engine == "fabric" and kind != "fabric":
-        raise EngineError("--engine fabric runs Fabric notebooks; this one trains with a Trainer: use --engine torchrun")
+    why = refusal(engine, kind)
+    if why:
+        raise EngineError(why)
     accelerator, n = _processes(accelerator, devices)
     port = processes.free_port()
-    args = [str(script), "--accelerator", accelerator, "--devices", str(n)]
-    if engine == "torchrun":
-        # one node with our own port: what --standalone does, on a port checked free afterwards
-        head = ["--nnodes", "1", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(port)]
-        command = [sys.executable, "-m", "torch.distributed.run", *head, *args]
-        shown = ["torchrun", *head, *args]
-    else:
-        head = ["run", "--accelerator", accelerator, "--devices", str(n), "--main-port", str(port)]
-        command = [_fabric_cli(), *head, *args]
-        shown = ["fabric", *head, *args]
+    command, shown = LAUNCHERS[engine](script, accelerator, n, port)
     return Launch(engine, command, shlex.join(shown), n, accelerator, port, script, cwd)
+
+
+def _torchrun(script: Path, accelerator: str, n: int, port: int) -> tuple[list[str], list[str]]:
+    """One node with our own port: what --standalone does, on a port checked free afterwards."""
+    head = ["--nnodes", "1", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    args = [str(script), "--accelerator", accelerator, "--devices", str(n)]
+    return [sys.executable, "-m", "torch.distributed.run", *head, *args], ["torchrun", *head, *args]
+
+
+def _fabric(script: Path, accelerator: str, n: int, port: int) -> tuple[list[str], list[str]]:
+    head = ["run", "--accelerator", accelerator, "--devices", str(n), "--main-port", str(port)]
+    args = [str(script), "--accelerator", accelerator, "--devices", str(n)]
+    return [_fabric_cli(), *head, *args], ["fabric", *head, *args]
+
+
+def _accelerate(script: Path, accelerator: str, n: int, port: int) -> tuple[list[str], list[str]]:
+    """`accelerate launch --multi_gpu` (its torchrun launcher; the script's --cpu keeps the processes on
+    the CPU). Accelerate passes its own --tee/--log_dir defaults to torchrun over PET_*: they are given
+    on the command run, left out of the one shown."""
+    if importlib.util.find_spec("accelerate") is None:
+        raise EngineError(f"--engine accelerate needs accelerate in this Python ({sys.executable}): pip install accelerate")
+    if n < 2:
+        raise EngineError(f"--engine accelerate starts 2 or more processes (accelerate launch --multi_gpu); --devices {n} is one: "
+                          "`nbrefactor run` without --engine runs it in a kernel")
+    head = ["--multi_gpu", "--num_processes", str(n), "--main_process_port", str(port)]
+    args = [str(script), *(["--cpu"] if accelerator == "cpu" else [])]
+    logs = ["--tee", "3", "--log_dir", str(script.parent / LOGS)]
+    return [sys.executable, "-m", "accelerate.commands.launch", *head, *logs, *args], ["accelerate", "launch", *head, *args]
+
+
+LAUNCHERS = {"torchrun": _torchrun, "fabric": _fabric, "accelerate": _accelerate}
 
 
 def _environment(launch: Launch, logs: str) -> dict[str, str]:
@@ -170,7 +215,7 @@ def launch_and_wait(launch: Launch, run_dir: str, tracker: processes.Tracker, ti
     pids: dict[int, int] = {}
     status, code = "interrupted", None
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(launch.command, cwd=launch.cwd, env=_environment(launch, os.path.join(run_dir, "logs")),
+        proc = subprocess.Popen(launch.command, cwd=launch.cwd, env=_environment(launch, os.path.join(run_dir, LOGS)),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         tracker.adopt(proc.pid)
         shown = 0
@@ -220,13 +265,13 @@ def rank_logs(run_dir: str, rank: int) -> str:
     """Everything rank `rank` wrote (stdout and stderr), from torchrun's log folder for it."""
     parts = []
     for name in ("stdout.log", "stderr.log"):
-        for path in sorted(Path(run_dir, "logs").glob(f"*/attempt_*/{rank}/{name}")):
+        for path in sorted(Path(run_dir, LOGS).glob(f"*/attempt_*/{rank}/{name}")):
             parts.append(path.read_text(errors="replace"))
     return "\n".join(parts)
 
 
 def rank_folders(run_dir: str) -> list[int]:
-    found = {int(p.name) for p in Path(run_dir, "logs").glob("*/attempt_*/*") if p.is_dir() and p.name.isdigit()}
+    found = {int(p.name) for p in Path(run_dir, LOGS).glob("*/attempt_*/*") if p.is_dir() and p.name.isdigit()}
     return sorted(found)
 
 
@@ -303,6 +348,8 @@ def run_engine(notebook, path: str, *, engine: str, settings) -> dict:
     """Export, launch, report: the report as a dict (the `--report` JSON)."""
     from codemods.export_script import line_map
 
+    if engine == "slurm":
+        raise EngineError(slurm_refusal(path))
     for note in processes.clean_stale():
         print(f"note: {note}", file=sys.stderr)
     script_text, plan, cells, changed = export(notebook, path)
@@ -335,7 +382,7 @@ def build(launch: Launch, outcome: Outcome, run_dir: str, mapping, cells, change
     verdict = {"interrupted": "interrupted"}.get(outcome.status, "pass" if outcome.status == "completed" and len(done) == launch.processes else "fail")
     warnings = []
     members = {r["member"] for r in rank_list if r["member"]}
-    if verdict == "pass" and len(members) != launch.processes:
+    if verdict == "pass" and launch.engine != "accelerate" and len(members) != launch.processes:  # Accelerate prints no MEMBER
         warnings.append(f"{len(members)} of {launch.processes} ranks printed Lightning's `MEMBER: k/{launch.processes}`: "
                         "the script may not have trained in one process group")
     return {
