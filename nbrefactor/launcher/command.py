@@ -130,7 +130,8 @@ def _engine_main(path, engine, settings, report_path, output, force, fix_options
     """`--engine`: export, launch, report (nbrefactor.launcher.engine)."""
     if output or fix_options:
         raise _Failed(path, "--engine runs the exported script (safe fixes applied, as `nbrefactor export` does): -o, --fix, --compare and --unsafe-fixes do not apply")
-    missing = [m for m in ("torch", "lightning") if importlib.util.find_spec(m) is None]
+    needed = ("torch", "accelerate") if engine == "accelerate" else ("torch", "lightning")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise _Failed(path, f"`nbrefactor run --engine` needs {', '.join(missing)} in this Python ({sys.executable}): pip install 'nbrefactor[run]'")
     from nbrefactor.launcher.engine import EngineError, render_text, run_engine
