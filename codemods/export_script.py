@@ -467,7 +467,48 @@ def _lightning_main(body: list[Piece], ctor: Piece, plan: Plan) -> tuple[dict[in
             if owner and _is_print(p.node) and _launches(p.node):
                 texts[id(p)] = _print_after_launch(texts[id(p)], owner)
     launch = (lambda p: _launches(p.node)) if plan.kind == "fabric" else (lambda p: False)
-    return texts, _guarded(body, ctor, launch), owner and f"{owner}.global_rank == 0"
+    guards = _guarded(body, ctor, launch)
+    if plan.kind == "trainer" and owner:
+        guards = _after_fit(body, guards, owner)
+    return texts, guards, owner and f"{owner}.global_rank == 0"
+
+
+def _uses_trainer(node, trainer: str) -> bool:
+    """Whether the statement calls the Trainer or hands it to a call (`trainer.test(...)`,
+    `evaluate(trainer)`): such calls may be collective, so every rank makes them."""
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        handed = [a.value if isinstance(a, ast.keyword) else a for a in [*call.args, *call.keywords]]
+        if _root(call.func) == trainer or any(isinstance(a, ast.Name) and a.id == trainer for a in handed):
+            return True
+    return False
+
+
+def _root(node) -> str | None:
+    """The name an attribute chain starts from: `trainer` for `trainer.strategy.barrier`,
+    `trainer.callback_metrics["loss"].item`; `open` for `open(path).read`."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _after_fit(body: list[Piece], guards: list[bool], trainer: str) -> list[bool]:
+    """Trainer: what follows `trainer.fit(...)` and does not use the Trainer runs on rank 0 alone,
+    as it ran once in the notebook process after the fork (reading what rank 0 wrote, saving once),
+    unless a later statement that every rank runs reads a name it binds."""
+    fit = next((i for i, p in enumerate(body) if _uses_trainer(p.node, trainer) and _fits(p.node, trainer)), None)
+    if fit is None:
+        return guards
+    out, read = list(guards), set()
+    for i in range(len(body) - 1, fit, -1):
+        node = body[i].node
+        out[i] = out[i] or not (_uses_trainer(node, trainer) or _bound(node) & read)
+        read |= set() if out[i] else _names(node)
+    return out
+
+
+def _fits(node, trainer: str) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "fit"
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == trainer for n in ast.walk(node))
 
 
 BROADCASTS = ("log_dir",)  # Trainer properties that broadcast from rank 0: every rank must read them

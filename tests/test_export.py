@@ -229,6 +229,25 @@ def test_display_only_code_is_left_out_with_a_comment(tmp_path):
     compile(script, "train.py", "exec")
 
 
+def test_after_fit_what_does_not_use_the_trainer_runs_on_rank_0_alone(tmp_path):
+    """After the fork the notebook process alone read the logs and saved the model: in the script
+    that is rank 0 (the other ranks would read files rank 0 may not have written yet, or write the
+    same file twice); calls that use the Trainer, and what they read, stay on every rank."""
+    path = _notebook(
+        tmp_path,
+        "import lightning as L\nimport torch",
+        "trainer = L.Trainer(devices=2, strategy='ddp_notebook')\ntrainer.fit(model)",
+        "rows = open(trainer.logger.log_dir + '/metrics.csv').read()\ntorch.save(model.state_dict(), 'model.pt')",
+        "best = model.best\ntrainer.test(best)",
+    )
+    script = ex.export_notebook(read_notebook(path), "nb.ipynb").script
+    compile(script, "train.py", "exec")
+    main = script.split("def main(args):")[1]
+    guarded = main.split("if trainer.global_rank == 0:")[1].split("# cell 4")[0]
+    assert "rows = open(trainer.logger.log_dir" in guarded and "torch.save(model.state_dict()" in guarded
+    assert "    best = model.best\n    trainer.test(best)" in main.split("# cell 4")[1]  # trainer.test reads `best`: every rank
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
 def test_export_reproduces_golden(case, update_goldens):
     meta = json.loads((case / "case.json").read_text())
