@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codemods.export_script import ExportError, Plan, export_script
@@ -21,6 +21,8 @@ KINDS = {"trainer.fit": "trainer", "fabric.launch": "fabric"}
 class Export:
     script: str
     plan: Plan
+    cells: dict[int, str] = field(default_factory=dict)  # the exported cells' sources, by number in the notebook
+    changed: set[int] = field(default_factory=set)  # the numbers of the cells `fix` changed
 
 
 def export_notebook(notebook, name: str) -> Export:
@@ -39,7 +41,8 @@ def export_notebook(notebook, name: str) -> Export:
         script, plan = export_script(name, cells, kind, start=origin[start] if start is not None else None)
     except ExportError as err:
         raise NotebookError(name, f"cannot export: {err}") from None
-    return Export(script, plan)
+    before = {c.number: c.source for c in notebook.cells}
+    return Export(script, plan, dict(cells), {n for n, source in cells if before.get(n) != source})
 
 
 def _kind(facts, fixed, name: str) -> tuple[str, int | None]:

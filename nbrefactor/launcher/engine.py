@@ -86,20 +86,12 @@ def export(notebook, name: str):
     script `nbrefactor export` writes and the cells it was written from."""
     from nbrefactor import export as ex
     from nbrefactor.errors import NotebookError
-    from nbrefactor.fixer import fix_notebook
 
     try:
         exported = ex.export_notebook(notebook, name)
     except NotebookError as err:
         raise EngineError(err.message) from None
-    result = fix_notebook(notebook)  # what export_notebook did: the cells it exported
-    fixed = result.after or notebook
-    deleted = set(result.deleted_cells)
-    origin = [c.number for c in notebook.cells if c.number not in deleted]
-    cells = {origin[c.index]: c.source for c in fixed.code_cells}
-    before = {c.number: c.source for c in notebook.cells}
-    changed = {n for n, source in cells.items() if before.get(n) != source}
-    return exported.script, exported.plan, cells, changed
+    return exported.script, exported.plan, exported.cells, exported.changed
 
 
 # --- the launch ------------------------------------------------------------------------------------
