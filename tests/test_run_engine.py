@@ -88,11 +88,16 @@ def _nothing_left(report: dict) -> None:
     assert not [p for p in pids if processes.alive(p)], "a process of the run is still running"
 
 
+def _golden_run(tmp_path_factory, golden: Path, engine: str):
+    """The golden notebook copied to a folder of its own and run under `engine`."""
+    folder = tmp_path_factory.mktemp(engine)
+    shutil.copy(golden, folder / "nb.ipynb")
+    return _run(folder / "nb.ipynb", "--engine", engine, *CPU2)
+
+
 @pytest.fixture(scope="module")
 def trainer_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("trainer")
-    shutil.copy(TRAINER, folder / "nb.ipynb")
-    return _run(folder / "nb.ipynb", "--engine", "torchrun", *CPU2)
+    return _golden_run(tmp_path_factory, TRAINER, "torchrun")
 
 
 def test_trainer_golden_passes_under_torchrun_on_two_ranks(trainer_run):
@@ -147,9 +152,7 @@ def test_fabric_engine_refuses_a_trainer_notebook_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def accelerate_run(tmp_path_factory):
     pytest.importorskip("accelerate", reason="accelerate is not installed")
-    folder = tmp_path_factory.mktemp("accelerate")
-    shutil.copy(ACCELERATE, folder / "nb.ipynb")
-    return _run(folder / "nb.ipynb", "--engine", "accelerate", *CPU2)
+    return _golden_run(tmp_path_factory, ACCELERATE, "accelerate")
 
 
 def test_accelerate_golden_passes_under_accelerate_launch_on_two_ranks(accelerate_run):
