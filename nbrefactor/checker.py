@@ -17,32 +17,13 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from nbrefactor.config import Selection
+from nbrefactor.diagnostic import Diagnostic  # noqa: F401 - defined apart so that printing a cached result imports no parser
 from nbrefactor.notebook.join import JoinedNotebook, join
 from nbrefactor.notebook.model import Notebook
 
 # Every rule needs at least one of these in the code; a notebook without them has nothing to find.
 _RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|Accelerator|set_start_method|DDPStrategy|multiprocessing")
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    code: str
-    name: str
-    message: str
-    path: str
-    cell: int  # 1-based over all cells
-    row: int  # 1-based inside the cell
-    column: int  # 1-based
-    end_row: int
-    end_column: int
-    applicability: str  # the rule's declared kind until `nbrefactor.labels.label` asks the fixer
-    fix_title: str | None
-    fix_needs: str | None = None  # an option the fix needs besides --unsafe-fixes (`--devices N`)
-    context: str = "notebook"  # "script": a plain `.py` file, one cell, placed as `path:row:col`
-
-    def sort_key(self):
-        return (self.path, self.cell, self.row, self.column, self.code)
 
 
 @dataclass

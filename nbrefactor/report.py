@@ -6,7 +6,7 @@ import json
 import os
 
 from nbrefactor import __version__
-from nbrefactor.checker import Diagnostic
+from nbrefactor.diagnostic import Diagnostic
 
 FORMATS = ("text", "json", "github", "sarif", "concise")
 
