@@ -565,7 +565,7 @@ def rules(code, output_format):
         if output_format == "json":
             click.echo(json.dumps(_rule_json(rule), indent=2))
         else:
-            click.echo(f"# {rule.name} ({rule.code})\n\n{rule.fix_availability.sentence}\n\n{rule.docs()}")
+            click.echo(rule_docs(rule))
         return
     if output_format == "json":
         click.echo(json.dumps([_rule_json(r) for r in ALL_RULES], indent=2))
@@ -574,6 +574,11 @@ def rules(code, output_format):
     else:
         for r in ALL_RULES:
             click.echo(f"{r.code}  {r.name:<38} fix: {r.fix_availability.value:<9} {r.applies_to():<21} {r.summary}")
+
+
+def rule_docs(rule) -> str:
+    """One rule's documentation as `nbrefactor rules CODE` prints it (the language server's hover too)."""
+    return f"# {rule.name} ({rule.code})\n\n{rule.fix_availability.sentence}\n\n{rule.docs()}"
 
 
 def _rule_json(rule) -> dict:
@@ -597,6 +602,22 @@ def rule_table() -> str:
     for r in ALL_RULES:
         lines.append(f"| {r.code} | `{r.name}` | {r.summary} | {r.applies_to()} | {r.fix_availability.value} |")
     return "\n".join(lines)
+
+
+@main.command("server")
+def server_command():
+    """A language server for editors (LSP 3.17 notebook sync) on stdin/stdout.
+
+    Per-cell diagnostics, quick fixes and fix-all, hover on rule codes; see the README, "Editors".
+    """
+    try:
+        import pygls  # noqa: F401
+    except ImportError:
+        _error('`nbrefactor server` needs pygls: pip install "nbrefactor[lsp]"')
+        sys.exit(EXIT_ERROR)
+    from nbrefactor.lsp.server import serve
+
+    serve()
 
 
 _EXPORT_PRE_COMMIT_HELP = (
