@@ -7,6 +7,7 @@
 (c) CLI cold start against `python -c pass` and `python -c "import libcst"`
 (d) peak memory on the largest notebook
 (e) the JupyterLab endpoint's latency for a 100-cell notebook (needs jupyter_server)
+(f) `nbrefactor server`: a 100-cell notebook re-checked after one cell changes (needs pygls)
 
 Machines are noisy: each measurement is repeated and the median is shown; the targets compare
 numbers taken in the same run. Not part of the test suite. How the time grows with a notebook's
@@ -177,6 +178,74 @@ def bench_endpoint(repeat: int) -> list[tuple[str, str, str, str]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_lsp(repeat: int) -> list[tuple[str, str, str, str]]:
+    """(f) didChange of one cell of a 100-cell notebook -> its publishDiagnostics, through a real
+    LSP client (pygls's) talking to `nbrefactor server` over stdio; the server's debounce is in it."""
+    try:
+        from lsprotocol import types
+        from pygls.lsp.client import LanguageClient
+    except ImportError:
+        return [("(f) language server re-check, 100 cells", "pygls not installed", "", "p95 < 500 ms")]
+    import asyncio
+
+    from nbrefactor.lsp.server import DEBOUNCE
+
+    sources = [f"x{i} = {i}\nprint(x{i})" if i % 10 else "import torch\nimport lightning as L\nds = torch.utils.data.TensorDataset(torch.randn(8, 2))" for i in range(100)]
+    sources.append("def train(fabric):\n    for b in ds:\n        pass\n\nfabric = L.Fabric(accelerator='cuda', devices=2)\nfabric.launch(train)")
+    bad, clean = "y = torch.zeros(1).cuda()", "y = torch.zeros(1)"
+    nb_uri = "file:///bench/bench.ipynb"
+    uris = [f"vscode-notebook-cell:/bench/bench.ipynb#C{i}" for i in range(len(sources))]
+
+    async def run() -> list[float]:
+        client = LanguageClient("bench", "1")
+        arrived: dict[str, asyncio.Event] = {}
+
+        @client.feature(types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+        def published(params: types.PublishDiagnosticsParams):
+            if params.uri in arrived:
+                arrived[params.uri].set()
+
+        await client.start_io(PY, "-m", "nbrefactor", "server")
+        caps = types.ClientCapabilities(notebook_document=types.NotebookDocumentClientCapabilities(
+            synchronization=types.NotebookDocumentSyncClientCapabilities()))
+        await client.initialize_async(types.InitializeParams(capabilities=caps))
+        client.initialized(types.InitializedParams())
+        edited = uris[55]
+        arrived[edited] = asyncio.Event()
+        client.notebook_document_did_open(types.DidOpenNotebookDocumentParams(
+            notebook_document=types.NotebookDocument(uri=nb_uri, notebook_type="jupyter-notebook", version=1, cells=[
+                types.NotebookCell(kind=types.NotebookCellKind.Code, document=u) for u in uris]),
+            cell_text_documents=[types.TextDocumentItem(uri=u, language_id="python", version=1, text=t) for u, t in zip(uris, sources)],
+        ))
+        times, text, version = [], sources[55], 1
+        for i in range(max(20, repeat * 6)):
+            new = bad if text != bad else clean
+            change = types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(0, 0), types.Position(text.count("\n"), len(text.split("\n")[-1]))), text=new)
+            version += 1
+            arrived[edited].clear()
+            t = time.perf_counter()
+            client.notebook_document_did_change(types.DidChangeNotebookDocumentParams(
+                notebook_document=types.VersionedNotebookDocumentIdentifier(uri=nb_uri, version=version),
+                change=types.NotebookDocumentChangeEvent(cells=types.NotebookDocumentCellChanges(text_content=[
+                    types.NotebookDocumentCellContentChanges(
+                        document=types.VersionedTextDocumentIdentifier(uri=edited, version=version), changes=[change])])),
+            ))
+            await asyncio.wait_for(arrived[edited].wait(), 60)
+            if i >= 2:  # the first checks import the analysis
+                times.append(time.perf_counter() - t)
+            text = new
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+        return sorted(times)
+
+    times = asyncio.run(run())
+    p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95) - 1]
+    return [(f"(f) language server: didChange -> publishDiagnostics, {len(sources)} cells",
+             f"p50 {p50 * 1000:.0f} ms", f"p95 {p95 * 1000:.0f} ms (debounce {DEBOUNCE * 1000:.0f} ms included)", "p95 < 500 ms")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
@@ -188,6 +257,7 @@ def main() -> None:
     rows += bench_cold_start(args.repeat)
     rows += bench_memory(args.corpus)
     rows += bench_endpoint(args.repeat)
+    rows += bench_lsp(args.repeat)
     n = len(corpus_notebooks(args.corpus))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; corpus: {n} files; median of {args.repeat} runs")
     print()
