@@ -329,6 +329,39 @@ async def test_unsafe_fixes_are_offered_only_when_enabled(client: LanguageClient
     assert [a.title for a in unsafe] == ["Fix NBR101 (nbrefactor, unsafe fix)"] and not unsafe[0].is_preferred
 
 
+@pytest.mark.asyncio
+async def test_a_fix_that_needs_devices_is_offered_only_with_the_devices_setting(client: LanguageClient, tmp_path):
+    cells = [("code", "import lightning as L\nfrom model import Model"),
+             ("code", 'model = Model()\ntrainer = L.Trainer(accelerator="gpu", strategy="ddp_notebook")\ntrainer.fit(model)')]
+    nb = OpenNotebook(client, tmp_path / "auto.ipynb", cells)
+    await wait_for(lambda: "NBR402" in codes(client, nb.uris[1]), "NBR402 on cell 2")
+
+    async def titles() -> list[str]:
+        actions = await client.text_document_code_action_async(
+            types.CodeActionParams(
+                text_document=types.TextDocumentIdentifier(uri=nb.uris[1]),
+                range=types.Range(types.Position(1, 0), types.Position(1, 10)),
+                context=types.CodeActionContext(diagnostics=[], only=["quickfix"]),
+            )
+        )
+        return [a.title for a in actions or []]
+
+    assert await titles() == []
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"nbrefactor": {"devices": 4}}))
+    await wait_for(lambda: nb.uris[1] in client.diagnostics, "the re-check")
+    await asyncio.sleep(0.5)
+    assert await titles() == ["Fix NBR402 (nbrefactor)"]
+    actions = await client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=nb.uris[1]),
+            range=types.Range(types.Position(1, 0), types.Position(1, 10)),
+            context=types.CodeActionContext(diagnostics=[], only=["quickfix"]),
+        )
+    )
+    nb.apply(actions[0].edit)
+    assert "devices=4" in nb.texts[1]
+
+
 # --- settings, hover, scripts, errors ---------------------------------------------------------
 
 
@@ -368,7 +401,9 @@ async def test_hover_on_a_finding_and_on_a_noqa_code_shows_the_rule_docs(client:
 
 @pytest.mark.asyncio
 async def test_a_jupytext_script_gets_diagnostics_at_file_positions(client: LanguageClient, tmp_path):
-    text = "# %%\nimport torch\n\n# %%\nx = torch.zeros(1).cuda()\n\n# %%\n" + TRAINER_CELLS[2] + "\n"
+    code = [t for k, t in read_cells(ROOT / "examples" / "fabric_bad.ipynb") if k == "code"]
+    text = "\n".join(f"# %%\n{t}\n" for t in code)
+    line = text.split("\n").index("x = torch.tensor(1).cuda()")
     path = tmp_path / "train.py"
     path.write_text(text, encoding="utf-8")
     client.text_document_did_open(
@@ -376,13 +411,50 @@ async def test_a_jupytext_script_gets_diagnostics_at_file_positions(client: Lang
     )
     await wait_for(lambda: path.as_uri() in client.diagnostics, "the script's diagnostics")
     found = [(d.code, d.range.start.line, d.range.start.character) for d in client.diagnostics[path.as_uri()]]
-    assert ("NBR101", 4, 4) in found  # file line 5, `x = torch.zeros(1).cuda()`
+    assert ("NBR101", line, 4) in found
+    actions = await client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=path.as_uri()),
+            range=types.Range(types.Position(0, 0), types.Position(0, 0)),
+            context=types.CodeActionContext(diagnostics=[], only=["source.fixAll"]),
+        )
+    )
+    (change,) = actions[0].edit.document_changes if actions else pytest.fail("no fix-all for the script")
+    assert change.text_document.uri == path.as_uri() and change.edits[0].range.end == types.Position(text.count("\n"), 0)
+    fixed = tmp_path / "cli_train.py"
+    fixed.write_text(text, encoding="utf-8")
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "nbrefactor", "fix", str(fixed)], check=False, capture_output=True)
+    assert fixed.read_text(encoding="utf-8") != text, "the CLI changed nothing: the comparison would prove nothing"
+    assert change.edits[0].new_text == fixed.read_text(encoding="utf-8")
     plain = tmp_path / "plain.py"
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=plain.as_uri(), language_id="python", version=1, text="x = torch.zeros(1).cuda()\n"))
     )
     await asyncio.sleep(0.5)
     assert plain.as_uri() not in client.diagnostics  # not a notebook: not ours
+
+
+@pytest.mark.asyncio
+async def test_a_jupyterlab_lsp_virtual_document_is_checked_as_a_notebook(client: LanguageClient, tmp_path):
+    """jupyterlab-lsp sends a notebook as one document of its cells joined by blank lines."""
+    uri = (tmp_path / ".virtual_documents" / "fabric_bad.ipynb").as_uri()
+    text = "\n\n\n".join(t for k, t in read_cells(ROOT / "examples" / "fabric_bad.ipynb") if k == "code") + "\n"
+    line = text.split("\n").index("x = torch.tensor(1).cuda()")
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    await wait_for(lambda: uri in client.diagnostics, "the virtual document's diagnostics")
+    found = [(d.code, d.range.start.line, d.range.start.character) for d in client.diagnostics[uri]]
+    assert ("NBR101", line, 4) in found
+    actions = await client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            range=types.Range(types.Position(line, 4), types.Position(line, 4)),
+            context=types.CodeActionContext(diagnostics=[], only=["quickfix"]),
+        )
+    )
+    (action,) = [a for a in actions if "NBR101" in a.title]
+    (change,) = action.edit.document_changes
+    assert (change.text_document.uri, change.text_document.version) == (uri, 1)
+    assert ".cuda()" not in change.edits[0].new_text
 
 
 @pytest.mark.asyncio

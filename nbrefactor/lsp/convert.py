@@ -68,6 +68,12 @@ def is_jupytext_script(uri: str, text: str) -> bool:
     return bool(_JUPYTEXT_HEADER.search(text[:4000]) or _CELL_MARKER.search(text))
 
 
+def is_virtual_notebook(uri: str) -> bool:
+    """A notebook as jupyterlab-lsp sends it: one text document of its code cells joined, under
+    jupyter-lsp's `.virtual_documents` folder (checked as a notebook of one cell)."""
+    return "/.virtual_documents/" in unquote(urlparse(uri).path)
+
+
 def notebook_of_cells(cells: list[CellText], name: str):
     """nbrefactor's `Notebook` for the cells (cell ids `lsp-0`, `lsp-1`, ... give fixed cells
     back to their documents)."""

@@ -80,6 +80,8 @@ class NotebookServer(LanguageServer):
         doc = self.workspace.text_documents.get(uri)
         if doc is None:
             return None
+        if convert.is_virtual_notebook(uri):  # jupyterlab-lsp: the whole notebook as one cell
+            return Snapshot(uri, generation, cells=[CellText(uri, "code", doc.source, doc.version)], version=doc.version)
         return Snapshot(uri, generation, text=doc.source, version=doc.version)
 
     def cell_text(self, cell: types.NotebookCell) -> CellText:
@@ -373,14 +375,14 @@ def build() -> NotebookServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def script_opened(ls: NotebookServer, params: types.DidOpenTextDocumentParams):
         doc = params.text_document
-        if convert.is_jupytext_script(doc.uri, doc.text):
+        if convert.is_jupytext_script(doc.uri, doc.text) or convert.is_virtual_notebook(doc.uri):
             ls.schedule(doc.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def script_changed(ls: NotebookServer, params: types.DidChangeTextDocumentParams):
         uri = params.text_document.uri
         doc = ls.workspace.text_documents.get(uri)
-        if doc is not None and (convert.is_jupytext_script(uri, doc.source) or uri in ls.analyses):
+        if doc is not None and (convert.is_jupytext_script(uri, doc.source) or convert.is_virtual_notebook(uri) or uri in ls.analyses):
             ls.schedule(uri, DEBOUNCE)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
