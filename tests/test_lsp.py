@@ -141,6 +141,14 @@ class OpenNotebook:
             )
         )
 
+    def close(self) -> None:
+        self.client.notebook_document_did_close(
+            types.DidCloseNotebookDocumentParams(
+                notebook_document=types.NotebookDocumentIdentifier(uri=self.uri),
+                cell_text_documents=[types.TextDocumentIdentifier(uri=u) for u in self.uris],
+            )
+        )
+
     def apply(self, edit: types.WorkspaceEdit) -> None:
         """Apply a workspace edit the way an editor does (full-text replacements, versions checked)."""
         for change in edit.document_changes:
@@ -219,6 +227,8 @@ async def test_editing_a_cell_clears_and_adds_findings(client: LanguageClient, t
     (d,) = client.diagnostics[new]
     assert (d.range.start.line, d.range.start.character) == (1, 4)
     assert codes(client, nb.uris[2]) == []  # the old cell 2, now cell 3, stays clean
+    nb.close()
+    await wait_for(lambda: codes(client, new) == [], "the closed notebook's diagnostics to be cleared")
 
 
 @pytest.mark.asyncio
