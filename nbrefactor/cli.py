@@ -185,24 +185,43 @@ def _statistics(diagnostics, output_format: str) -> str:
 @click.option("--stdin-filename", metavar="NAME", help=_STDIN_HELP)
 @click.option("--pre-commit", "pre_commit", is_flag=True, help=_PRE_COMMIT_HELP)
 @click.option("--include-scripts", is_flag=True, help=_INCLUDE_SCRIPTS_HELP)
-def check(paths, output_format, select, extend_select, ignore, exit_zero, statistics, quiet, isolated, stdin_filename, pre_commit, include_scripts):
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the results cache (.nbrefactor_cache/ in the project root).")
+def check(paths, output_format, select, extend_select, ignore, exit_zero, statistics, quiet, isolated, stdin_filename, pre_commit, include_scripts, no_cache):
     """Find fork-unsafe code in notebooks (files, or folders searched for notebooks; `-` reads stdin).
 
     Prints `path:cell N:row:col: CODE message` per finding (`path:row:col: ...` in a script).
     Exit 0 clean, 1 findings, 2 error. A side of a jupytext pair is checked as `jupytext --sync`
-    would read the pair.
+    would read the pair. Results are cached per file (content, settings, nbrefactor's version and
+    code) in .nbrefactor_cache/, so a re-run checks only what changed; --no-cache turns it off.
     """
     from nbrefactor.report import render
 
-    settings = _settings(isolated, select, extend_select, ignore, quiet)
+    opened = []  # the results cache, opened once the configuration is read (it may name the folder)
+
+    def known_codes(settings) -> list[str]:
+        cache = None if no_cache else _open_cache(settings)
+        opened.append(cache)
+        if cache is None:
+            return _rule_codes()
+        return cache.remembered("rule-codes", _rule_codes)
+
+    settings = _settings(isolated, select, extend_select, ignore, quiet, known_codes)
     selection = settings.selection()
+    cache = opened[0] if opened else None
+    if cache is not None:
+        import dataclasses
+
+        cache.settle({"select": selection.select, "ignore": selection.ignore, "limits": dataclasses.asdict(settings.limits),
+                      "include_scripts": include_scripts or settings.include_scripts, "cwd": os.getcwd(),
+                      # where jupytext configurations are looked for (nbrefactor/notebook/jupytext_settings.py)
+                      "env": [os.environ.get(v) for v in ("JUPYTEXT_CEILING_DIRECTORIES", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "USERPROFILE", "ALLUSERSPROFILE", "HOME")]})
 
     files, errors = _paths(paths, settings, pre_commit, include_scripts)
     for err in errors:
         _error(err.one_line())
     diagnostics = []
     checked = scripts = 0
-    for outcome in _map_files(_check_file, files, stdin_filename, selection):
+    for outcome in _cached_outcomes(files, stdin_filename, selection, cache):
         for note in outcome.notes:
             _note(note, quiet)
         if outcome.error is not None:
@@ -226,6 +245,22 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_FINDINGS if diagnostics and not exit_zero else EXIT_CLEAN)
+
+
+@main.command()
+def clean():
+    """Remove the results cache of `check` for the project in the current folder (like `ruff clean`).
+
+    The folder is .nbrefactor_cache/ in the project root (the folder of pyproject.toml), or
+    `cache-dir` in [tool.nbrefactor], or $NBREFACTOR_CACHE_DIR.
+    """
+    from nbrefactor import cache as _cache
+    from nbrefactor.config import load_settings
+
+    settings = load_settings(Path.cwd())
+    root = settings.source.parent if settings.source is not None else Path.cwd()
+    removed = _cache.clean(root, settings.cache_dir, settings.source)
+    click.echo(f"Removed the cache at {removed}" if removed else "No cache to remove.", err=True)
 
 
 def _files(count: int, scripts: int) -> str:
@@ -254,6 +289,67 @@ class _FileOutcome:
     error: NotebookError | None = None
     checked: bool = False
     script: bool = False  # a plain script, checked with the rules for scripts
+    # For the results cache: the sha256 of the bytes checked, and the other files the result came
+    # from (a jupytext pair's sides and configuration), as nbrefactor.cache.dep_of records them.
+    sha256: str | None = None
+    deps: list | None = None
+
+    def cached(self) -> dict:
+        import dataclasses
+
+        return {"diagnostics": [dataclasses.asdict(d) for d in self.diagnostics], "notes": list(self.notes),
+                "checked": self.checked, "script": self.script}
+
+    @classmethod
+    def from_cache(cls, value: dict | None) -> _FileOutcome | None:
+        """The outcome a cache entry holds (None when it is not one: checked, like a miss)."""
+        from nbrefactor.diagnostic import Diagnostic
+
+        if value is None:
+            return None
+        try:
+            diagnostics = [Diagnostic(**d) for d in value["diagnostics"]]
+            notes = value["notes"]
+            if not all(isinstance(n, str) for n in notes) or not all(isinstance(d.message, str) and isinstance(d.path, str) for d in diagnostics):
+                return None
+            return cls(diagnostics=diagnostics, notes=list(notes), checked=bool(value["checked"]), script=bool(value["script"]))
+        except (KeyError, TypeError):
+            return None
+
+
+def _rule_codes() -> list[str]:
+    from codemods.rules import ALL_RULES
+
+    return [r.code for r in ALL_RULES]
+
+
+def _open_cache(settings):
+    """The results cache of this project, or None when it cannot be used (the run goes on uncached)."""
+    from nbrefactor import cache as _cache
+    from nbrefactor.config import find_pyproject
+
+    source = settings.source or find_pyproject(Path.cwd())
+    root = source.parent if source is not None else Path.cwd()
+    folder = _cache.cache_folder(root, settings.cache_dir, settings.source)  # a cache-dir outside the project: an error
+    return _cache.Cache.open(root, folder)
+
+
+def _cached_outcomes(files, stdin_filename, selection, cache):
+    """`_check_file` for every file, in order: what the cache holds is taken from it (in this
+    process, before any worker is forked), the rest is checked and stored."""
+    if cache is None:
+        yield from _map_files(_check_file, files, stdin_filename, selection)
+        return
+    probes = [cache.probe(f) for f in files]
+    found = [_FileOutcome.from_cache(cache.lookup(p)) for p in probes]
+    computed = _map_files(_check_file, [f for f, o in zip(files, found) if o is None], stdin_filename, selection)
+    for probe, outcome in zip(probes, found):
+        if outcome is None:
+            outcome = next(computed)
+            if probe is not None and outcome.error is None and outcome.sha256 == probe["sha256"]:
+                cache.store(probe, outcome.cached(), outcome.deps)
+        yield outcome
+    cache.prune()
 
 
 def _check_file(path, stdin_filename, selection) -> _FileOutcome:
@@ -261,6 +357,8 @@ def _check_file(path, stdin_filename, selection) -> _FileOutcome:
     and anything it raises is an error for this file while the other files are still checked."""
     from nbrefactor import limits
 
+    if os.environ.get("NBREFACTOR_CACHE_DEBUG"):
+        click.echo(f"cache: analysing {path}", err=True)
     try:
         return limits.bounded(str(path), _check_one, path, stdin_filename, selection)
     except NotebookError as err:
@@ -288,18 +386,22 @@ def _check_one(path, stdin_filename, selection) -> _FileOutcome:
     out = _FileOutcome()
     try:
         try:
-            notebook, name, _pair, _data = _load(path, stdin_filename)
+            notebook, name, pair, data = _load(path, stdin_filename)
         except PairOutsideFolder as err:  # the pairing is refused: the notebook is checked by itself
             out.notes.append(err.checked_alone())
             from nbrefactor.notebook.model import read_file, read_notebook
 
-            notebook, name = read_notebook(path, read_file(path)), str(path)
+            data = read_file(path)
+            notebook, name, pair = read_notebook(path, data), str(path), None
     except NotANotebook as err:
         out.notes.append(f"{err.one_line()}; skipped")
+        out.sha256 = _sha256_of(path)
         return out
     except NotebookError as err:
         out.error = err
         return out
+    if str(path) != "-":
+        out.sha256, out.deps = _cache_facts(path, data, pair)
     if not notebook.is_python:
         out.notes.append(f"{name}: skipped, the kernel language is {notebook.language}")
         return out
@@ -314,6 +416,33 @@ def _check_one(path, stdin_filename, selection) -> _FileOutcome:
 
     out.diagnostics = label(result, selection)  # what `fix` will really do
     return out
+
+
+def _sha256_of(path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _cache_facts(path, data: bytes, pair) -> tuple[str, list | None]:
+    """(sha256 of the bytes checked, the other files the result came from): a pair's sides (bytes and
+    modification times: the newer side is read) and its jupytext configuration file."""
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    if pair is None:
+        return digest, None
+    from nbrefactor.cache import dep_of
+    from nbrefactor.notebook.text import jupytext_config_file
+
+    deps = [dep_of(f.path, f.data) for f in pair.files]
+    config = jupytext_config_file(path)
+    if config:
+        deps.append(dep_of(config, with_mtime=False))
+    return digest, deps
 
 
 def _map_files(work, files, stdin_filename, selection):
@@ -341,8 +470,9 @@ def _map_files(work, files, stdin_filename, selection):
             yield work(f, stdin_filename, selection)
 
 
-def _settings(isolated, select, extend_select, ignore, quiet):
-    from codemods.rules import ALL_RULES
+def _settings(isolated, select, extend_select, ignore, quiet, known_codes=None):
+    """The configuration merged with the options; `known_codes(settings)` gives the rule codes to
+    validate them against (default: from the rules themselves)."""
     from nbrefactor import config
 
     from nbrefactor import limits
@@ -351,7 +481,7 @@ def _settings(isolated, select, extend_select, ignore, quiet):
     limits.configure(settings.limits)
     for w in settings.warnings:
         _note(w, quiet)
-    known = [r.code for r in ALL_RULES]
+    known = known_codes(settings) if known_codes is not None else _rule_codes()
     if select:
         settings.select = _codes(select)
     settings.extend_select += _codes(extend_select)

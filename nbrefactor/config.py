@@ -4,7 +4,8 @@ Keys: `select`, `extend-select`, `ignore`, `unsafe-fixes`, `exclude`, `include-s
 search also takes plain Python scripts, as `--include-scripts` does), `export` (notebook -> script
 for `nbrefactor export --pre-commit`, read by nbrefactor/export.py), and the limits on the work for
 one notebook (`max-file-size`, `max-cells`, `max-cell-lines`, `max-line-length`, `max-nesting`,
-`time-budget`: see nbrefactor/limits.py). Codes match by prefix, as in ruff: `NBR1` selects NBR101
+`time-budget`: see nbrefactor/limits.py), and `cache-dir` (where `check` keeps its results cache,
+relative to the project root and inside it: see nbrefactor/cache.py). Codes match by prefix, as in ruff: `NBR1` selects NBR101
 and NBR102, `ALL` selects everything.
 """
 
@@ -23,7 +24,7 @@ else:  # pragma: no cover
 
 from nbrefactor import limits as _limits
 
-KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", "include-scripts", "export", *_limits.KEYS}
+KNOWN_KEYS = {"select", "extend-select", "ignore", "unsafe-fixes", "exclude", "include-scripts", "export", "cache-dir", *_limits.KEYS}
 _FLAGS = {"unsafe-fixes", "include-scripts"}  # keys whose value is true or false
 
 
@@ -51,6 +52,7 @@ class Settings:
     include_scripts: bool = False
     limits: _limits.Limits = field(default_factory=_limits.Limits)
     export: dict = field(default_factory=dict)  # notebook -> script (or a table with `script`), as written
+    cache_dir: str | None = None  # `check`'s results cache, relative to the project root (nbrefactor/cache.py)
     source: Path | None = None  # the pyproject.toml the settings came from
     warnings: list[str] = field(default_factory=list)
 
@@ -92,6 +94,11 @@ def load_settings(start: Path) -> Settings:
             if not isinstance(value, dict):
                 raise NotebookError(path, '[tool.nbrefactor] export must be a table: {"notebook.ipynb" = "script.py"}')
             settings.export = value
+            continue
+        if key == "cache-dir":
+            if not isinstance(value, str) or not value.strip():
+                raise NotebookError(path, "[tool.nbrefactor] cache-dir must be a folder name (a string)")
+            settings.cache_dir = value
             continue
         if key in _FLAGS:
             if not isinstance(value, bool):
