@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("pygls", reason='the language server needs pygls: pip install "nbrefactor[lsp]"')
 pytest_lsp = pytest.importorskip("pytest_lsp")
 
+import attrs  # lsprotocol's types are attrs classes
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
@@ -60,6 +61,15 @@ async def _start(client: LanguageClient, options=None, root: Path | None = None)
 @pytest_lsp.fixture(config=SERVER)
 async def client(lsp_client: LanguageClient):
     await _start(lsp_client)
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def utf8_client(lsp_client: LanguageClient):
+    """A client that counts positions in UTF-8 bytes (as Neovim prefers)."""
+    caps = attrs.evolve(CAPABILITIES, general=types.GeneralClientCapabilities(position_encodings=["utf-8"]))
+    await lsp_client.initialize_session(types.InitializeParams(capabilities=caps))
     yield
     await lsp_client.shutdown_session()
 
@@ -214,6 +224,20 @@ async def test_findings_arrive_on_their_cell_at_the_cli_position(client: Languag
         ("NBR201", 2, 13),
     ]
     assert not any(u in client.diagnostics for u in (nb.uris[0], nb.uris[1], nb.uris[4], nb.uris[5]))
+
+
+@pytest.mark.asyncio
+async def test_columns_are_counted_in_the_agreed_position_encoding(client: LanguageClient, utf8_client: LanguageClient, tmp_path):
+    line = 'label = "\U0001f680 ok"; x = torch.zeros(1).cuda()'  # a rocket: 1 character, 2 UTF-16 units, 4 bytes
+    cells = [("code", TRAINER_CELLS[0]), ("code", line), ("code", TRAINER_CELLS[2])]
+    starts = {}
+    for c in (client, utf8_client):
+        nb = OpenNotebook(c, tmp_path / "rocket.ipynb", cells)
+        await wait_for(lambda c=c, nb=nb: "NBR101" in codes(c, nb.uris[1]), "NBR101 on cell 2")
+        (d,) = c.diagnostics[nb.uris[1]]
+        starts[c] = d.range.start.character
+    column = line.index("x = ") + 4  # the character where `torch.zeros(1).cuda()` starts
+    assert (starts[client], starts[utf8_client]) == (column + 1, column + 3)
 
 
 @pytest.mark.asyncio

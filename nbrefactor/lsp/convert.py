@@ -24,6 +24,7 @@ RULE_CODE = re.compile(r"NBR\d{3}")
 _PYTHON_LANGUAGES = ("python", "python3", "ipython", "")
 _JUPYTEXT_HEADER = re.compile(r"^#\s+jupytext:", re.MULTILINE)
 _CELL_MARKER = re.compile(r"^# %%", re.MULTILINE)
+UTF16 = "utf-16"
 
 
 @dataclass(frozen=True)
@@ -105,24 +106,29 @@ def notebook_of_script(name: str, text: str):
 # --- positions -------------------------------------------------------------------------------
 
 
-def utf16_column(line: str, column: int) -> int:
-    """The LSP character offset of the 0-based character `column` in `line`."""
+def units(line: str, column: int, encoding: str = UTF16) -> int:
+    """The LSP character offset of the 0-based character `column` in `line`, counted in the
+    position encoding agreed with the client (UTF-16 unless it asked for another)."""
     head = line[:column]
-    return len(head) if head.isascii() else len(head.encode("utf-16-le")) // 2
+    if head.isascii() or encoding == "utf-32":
+        return len(head)
+    if encoding == "utf-8":
+        return len(head.encode("utf-8"))
+    return len(head.encode("utf-16-le")) // 2
 
 
-def full_range(text: str) -> types.Range:
+def full_range(text: str, encoding: str = UTF16) -> types.Range:
     lines = text.split("\n")
-    return types.Range(types.Position(0, 0), types.Position(len(lines) - 1, utf16_column(lines[-1], len(lines[-1]))))
+    return types.Range(types.Position(0, 0), types.Position(len(lines) - 1, units(lines[-1], len(lines[-1]), encoding)))
 
 
-def finding_range(d, lines: list[str], first_line: int = 0) -> types.Range:
+def finding_range(d, lines: list[str], first_line: int = 0, encoding: str = UTF16) -> types.Range:
     """The range of a finding (1-based rows and columns inside its cell) in a document whose cell
     starts at `first_line` (0 for a cell document)."""
 
     def position(row: int, column: int) -> types.Position:
         line = lines[row - 1] if 0 < row <= len(lines) else ""
-        return types.Position(first_line + row - 1, utf16_column(line, column - 1))
+        return types.Position(first_line + row - 1, units(line, column - 1, encoding))
 
     return types.Range(position(d.row, d.column), position(d.end_row, d.end_column))
 
@@ -153,9 +159,9 @@ def _first_source_line(layout, span: tuple[int, int], cell) -> int:
 # --- findings -> diagnostics -----------------------------------------------------------------
 
 
-def diagnostic(d, lines: list[str], first_line: int = 0) -> types.Diagnostic:
+def diagnostic(d, lines: list[str], first_line: int = 0, encoding: str = UTF16) -> types.Diagnostic:
     return types.Diagnostic(
-        range=finding_range(d, lines, first_line),
+        range=finding_range(d, lines, first_line, encoding),
         message=d.message,
         severity=types.DiagnosticSeverity.Warning,
         code=d.code,
@@ -165,7 +171,7 @@ def diagnostic(d, lines: list[str], first_line: int = 0) -> types.Diagnostic:
     )
 
 
-def cell_diagnostics(findings, cells: list[CellText]) -> dict[str, list[types.Diagnostic]]:
+def cell_diagnostics(findings, cells: list[CellText], encoding: str = UTF16) -> dict[str, list[types.Diagnostic]]:
     """Cell document URI -> its diagnostics (every cell of the notebook has an entry)."""
     out: dict[str, list[types.Diagnostic]] = {c.uri: [] for c in cells}
     lines: dict[int, list[str]] = {}
@@ -175,11 +181,11 @@ def cell_diagnostics(findings, cells: list[CellText]) -> dict[str, list[types.Di
         cell = cells[d.cell - 1]
         if d.cell not in lines:
             lines[d.cell] = cell.text.split("\n")
-        out[cell.uri].append(diagnostic(d, lines[d.cell]))
+        out[cell.uri].append(diagnostic(d, lines[d.cell], 0, encoding))
     return out
 
 
-def script_diagnostics(findings, notebook) -> list[types.Diagnostic]:
+def script_diagnostics(findings, notebook, encoding: str = UTF16) -> list[types.Diagnostic]:
     """Diagnostics of a jupytext text notebook at their file positions."""
     starts = cell_first_lines(notebook)
     out = []
@@ -187,7 +193,7 @@ def script_diagnostics(findings, notebook) -> list[types.Diagnostic]:
         if not 0 < d.cell <= len(notebook.cells):
             continue
         first = starts[d.cell - 1] if starts is not None else 0
-        out.append(diagnostic(d, notebook.cells[d.cell - 1].source.split("\n"), first))
+        out.append(diagnostic(d, notebook.cells[d.cell - 1].source.split("\n"), first, encoding))
     return out
 
 
@@ -211,12 +217,12 @@ def fixed_cell_texts(result, cells: list[CellText]) -> list[str]:
     return [after.get(f"lsp-{i}", "") if result.changed else c.text for i, c in enumerate(cells)]
 
 
-def cell_edits(cells: list[CellText], texts: list[str]) -> types.WorkspaceEdit | None:
+def cell_edits(cells: list[CellText], texts: list[str], encoding: str = UTF16) -> types.WorkspaceEdit | None:
     """One full-text replacement per cell document whose text changes, or None when none does."""
     changes = [
         types.TextDocumentEdit(
             text_document=types.OptionalVersionedTextDocumentIdentifier(uri=c.uri, version=c.version),
-            edits=[types.TextEdit(range=full_range(c.text), new_text=new)],
+            edits=[types.TextEdit(range=full_range(c.text, encoding), new_text=new)],
         )
         for c, new in zip(cells, texts)
         if new != c.text
@@ -224,10 +230,10 @@ def cell_edits(cells: list[CellText], texts: list[str]) -> types.WorkspaceEdit |
     return types.WorkspaceEdit(document_changes=changes) if changes else None
 
 
-def script_edit(uri: str, version: int | None, text: str, fixed: str) -> types.WorkspaceEdit | None:
+def script_edit(uri: str, version: int | None, text: str, fixed: str, encoding: str = UTF16) -> types.WorkspaceEdit | None:
     if fixed == text:
         return None
-    edit = types.TextEdit(range=full_range(text), new_text=fixed)
+    edit = types.TextEdit(range=full_range(text, encoding), new_text=fixed)
     doc = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
     return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(text_document=doc, edits=[edit])])
 

@@ -69,6 +69,7 @@ class NotebookServer(LanguageServer):
         self.shown: dict[str, list[types.Diagnostic]] = {}  # cell (or script) uri -> its published diagnostics
         self.cells_shown: dict[str, set[str]] = {}  # document uri -> cell uris with diagnostics
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbrefactor-check")
+        self.encoding = convert.UTF16  # the position encoding agreed in `initialize`
 
     # --- reading the editor's documents ------------------------------------------------------
 
@@ -147,12 +148,12 @@ class NotebookServer(LanguageServer):
         cells = analysis.snapshot.cells
         if analysis.problem is not None:
             return {c.uri: [convert.problem_diagnostic(analysis.problem)] if i == 0 else [] for i, c in enumerate(cells)}
-        return convert.cell_diagnostics(analysis.check.diagnostics, cells)
+        return convert.cell_diagnostics(analysis.check.diagnostics, cells, self.encoding)
 
     def script_diagnostics(self, analysis: Analysis) -> list[types.Diagnostic]:
         if analysis.problem is not None:
             return [convert.problem_diagnostic(analysis.problem)]
-        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook)
+        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook, self.encoding)
 
     def publish_cells(self, snapshot: Snapshot, by_cell: dict[str, list[types.Diagnostic]]) -> None:
         """Diagnostics for each cell that has some, and an empty list for each that had some."""
@@ -197,10 +198,10 @@ class NotebookServer(LanguageServer):
         wanted = params.context.only
         actions = []
         if _wanted(types.CodeActionKind.QuickFix, wanted):
-            actions += quick_fixes(analysis, params.text_document.uri, params.range)
+            actions += quick_fixes(analysis, params.text_document.uri, params.range, self.encoding)
         if _wanted(convert.FIX_ALL, wanted):
             options = analysis.options
-            edit = fix_edit(analysis, None, options.unsafe_fixes, options.devices)
+            edit = fix_edit(analysis, None, options.unsafe_fixes, options.devices, self.encoding)
             if edit is not None:
                 actions.append(types.CodeAction(title="Fix all (nbrefactor)", kind=convert.FIX_ALL, edit=edit))
         return actions
@@ -266,9 +267,9 @@ def offered(d, options: Options) -> bool:
     return d.fix_needs is None or options.devices is not None
 
 
-def quick_fixes(analysis: Analysis, uri: str, at: types.Range) -> list[types.CodeAction]:
+def quick_fixes(analysis: Analysis, uri: str, at: types.Range, encoding: str) -> list[types.CodeAction]:
     options = analysis.options
-    shown = {_key(d): d for d in _diagnostics_of(analysis, uri)}
+    shown = {_key(d): d for d in _diagnostics_of(analysis, uri, encoding)}
     by_code: dict[str, list] = {}
     for d in labelled(analysis):
         lsp = shown.get((d.cell, d.row, d.column, d.code))
@@ -277,7 +278,7 @@ def quick_fixes(analysis: Analysis, uri: str, at: types.Range) -> list[types.Cod
     actions = []
     for code, found in by_code.items():
         unsafe = any(d.applicability == "unsafe" for d, _ in found)
-        edit = fix_edit(analysis, code, unsafe, options.devices)
+        edit = fix_edit(analysis, code, unsafe, options.devices, encoding)
         if edit is None:
             continue
         actions.append(
@@ -297,11 +298,11 @@ def _key(d: types.Diagnostic) -> tuple:
     return data.get("cell"), data.get("row"), data.get("column"), d.code
 
 
-def _diagnostics_of(analysis: Analysis, uri: str) -> list[types.Diagnostic]:
+def _diagnostics_of(analysis: Analysis, uri: str, encoding: str) -> list[types.Diagnostic]:
     snapshot = analysis.snapshot
     if snapshot.cells is None:
-        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook)
-    return convert.cell_diagnostics(analysis.check.diagnostics, snapshot.cells).get(uri, [])
+        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook, encoding)
+    return convert.cell_diagnostics(analysis.check.diagnostics, snapshot.cells, encoding).get(uri, [])
 
 
 def _overlaps(a: types.Range, b: types.Range) -> bool:
@@ -315,15 +316,15 @@ def _wanted(kind: str, only: list[str] | None) -> bool:
     return not only or any(kind == o or kind.startswith(o + ".") for o in only)
 
 
-def fix_edit(analysis: Analysis, code: str | None, unsafe: bool, devices: int | None) -> types.WorkspaceEdit | None:
+def fix_edit(analysis: Analysis, code: str | None, unsafe: bool, devices: int | None, encoding: str) -> types.WorkspaceEdit | None:
     """The edit that fixes the whole notebook (only rule `code`'s findings when given)."""
-    key = (code, unsafe, devices)
+    key = (code, unsafe, devices, encoding)
     if key not in analysis.edits:
-        analysis.edits[key] = _fix_edit(analysis, code, unsafe, devices)
+        analysis.edits[key] = _fix_edit(analysis, code, unsafe, devices, encoding)
     return analysis.edits[key]
 
 
-def _fix_edit(analysis: Analysis, code: str | None, unsafe: bool, devices: int | None) -> types.WorkspaceEdit | None:
+def _fix_edit(analysis: Analysis, code: str | None, unsafe: bool, devices: int | None, encoding: str) -> types.WorkspaceEdit | None:
     from nbrefactor.config import Selection
     from nbrefactor.fixer import fix_notebook
 
@@ -332,8 +333,8 @@ def _fix_edit(analysis: Analysis, code: str | None, unsafe: bool, devices: int |
     name = name_of(snapshot)
     result = run_bounded(options, name, lambda: fix_notebook(analysis.notebook, unsafe_fixes=unsafe, devices=devices, selection=selection))
     if snapshot.cells is None:
-        return convert.script_edit(snapshot.uri, snapshot.version, snapshot.text, result.fixed)
-    return convert.cell_edits(snapshot.cells, convert.fixed_cell_texts(result, snapshot.cells))
+        return convert.script_edit(snapshot.uri, snapshot.version, snapshot.text, result.fixed, encoding)
+    return convert.cell_edits(snapshot.cells, convert.fixed_cell_texts(result, snapshot.cells), encoding)
 
 
 # --- the protocol ----------------------------------------------------------------------------
@@ -344,6 +345,8 @@ def build() -> NotebookServer:
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: NotebookServer, params: types.InitializeParams):
+        encoding = ls.workspace.position_encoding or convert.UTF16
+        ls.encoding = getattr(encoding, "value", encoding)
         ls.settings = convert.client_settings(params.initialization_options)
         for problem in ls.settings.problems:
             ls.log(f"nbrefactor: {problem}", types.MessageType.Warning)
