@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import importlib.abc
+import importlib.util
 import inspect
 import itertools
 import json
@@ -38,6 +38,27 @@ import os
 import sys
 import time
 import traceback
+
+
+def _shared_tracer():
+    """`nbrefactor/kernel/tracer.py` (standard library only), shared with `%load_ext nbrefactor`:
+    imported as usual when this file is, loaded by path beside it when the runner loads this file
+    into the kernel by path (the kernel needs no import path to nbrefactor)."""
+    if (__package__ or "").startswith("nbrefactor"):
+        from nbrefactor.kernel import tracer
+
+        return tracer
+    name = "_nbrefactor_tracer"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernel", "tracer.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_tracer = _shared_tracer()
 
 STATE = None  # the one _State of this kernel, set by install()
 
@@ -83,7 +104,7 @@ def install(config_path: str) -> None:
         shell.events.register("pre_run_cell", _pre_run_cell)
         shell.events.register("post_run_cell", _post_run_cell)
         _wrap_cell_compiler(shell)
-    finder = _PatchOnImport()
+    finder = _tracer.PatchOnImport(_PATCHES, _apply_patch)
     sys.meta_path.insert(0, finder)
     for name in list(_PATCHES):
         if name in sys.modules:  # imported before us (an IPython startup file): patch now
@@ -124,26 +145,20 @@ def _wrap_cell_compiler(shell) -> None:
     compiler.cache = cache
 
 
+def _cell_of(filename: str):
+    index = STATE.cell_files.get(filename)
+    return index + 1 if index is not None else None
+
+
 def notebook_frames(frames) -> list[dict]:
     """The frames that are notebook code, innermost last, as cell (1-based) and line."""
-    out = []
-    for fs in frames:
-        index = STATE.cell_files.get(fs.filename)
-        if index is not None:
-            out.append({"cell": index + 1, "line": fs.lineno, "function": fs.name, "code": (fs.line or "").strip()})
-    return out
+    return _tracer.notebook_frames(frames, _cell_of)
 
 
 def _where(frames) -> dict:
     """The innermost notebook frame, and the innermost frame of all (the library call that did it)."""
-    cells = notebook_frames(frames)
-    at = dict(cells[-1]) if cells else {"cell": None, "line": None, "function": None, "code": ""}
-    if len(cells) > 1 and (cells[0]["cell"], cells[0]["line"]) != (at["cell"], at["line"]):
-        at["called_from"] = cells[0]  # the line of the running cell that led there
+    at = _tracer.where(frames, _cell_of)
     at["running_cell"] = STATE.cell + 1 if STATE.cell is not None else None
-    if frames:
-        last = frames[-1]
-        at["via"] = f"{last.filename}:{last.lineno} in {last.name}"
     return at
 
 
@@ -212,40 +227,6 @@ def _write_json(name: str, data: dict) -> None:
 # Patches, applied when the notebook imports the module
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patch a module right after it executes, whoever imports it."""
-
-    def __init__(self):
-        self._busy = set()
-
-    def find_spec(self, name, path, target=None):
-        if name not in _PATCHES or name in self._busy:
-            return None
-        self._busy.add(name)
-        try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy.discard(name)
-        loader = spec.loader
-        if loader is None or isinstance(loader, type) or not hasattr(loader, "exec_module"):
-            return spec  # a built-in or frozen module: nothing of ours
-        original = loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            _apply_patch(name, module)
-
-        loader.exec_module = exec_module
-        return spec
-
-
 def _apply_patch(name: str, module) -> None:
     patch = _PATCHES[name]
     if getattr(module, "_nbrefactor_patched", False):
@@ -270,96 +251,31 @@ def trace_cuda(kind: str, stack_from=None) -> None:
     if kind in STATE.cuda or not _in_notebook_process():
         return
     frames = traceback.extract_stack(stack_from or sys._getframe(2))
-    lightning = any(m in sys.modules for m in ("lightning", "pytorch_lightning", "lightning_fabric"))
-    record = {"event": "cuda", "kind": kind, "lightning_imported": lightning, **_where(frames)}
+    record = {"event": "cuda", "kind": kind, "lightning_imported": _tracer.lightning_imported(), **_where(frames)}
     STATE.cuda[kind] = record
     emit(record)
 
 
+def _on_cuda(kind: str, frame) -> None:
+    if kind not in STATE.cuda:
+        trace_cuda(kind, frame)
+
+
 def _patch_torch_cuda(cuda) -> None:
-    original_init = cuda._lazy_init
-
-    def _lazy_init():
-        if "init" not in STATE.cuda and not _initialized(cuda):
-            trace_cuda("init", sys._getframe(1))
-        return original_init()
-
-    _lazy_init.__wrapped__ = original_init
-    cuda._lazy_init = _lazy_init
-    torch_c = sys.modules.get("torch._C")
-    for name in ("_cuda_getDeviceCount", "_cuda_getArchFlags"):
-        original = getattr(torch_c, name, None)
-        if original is not None:
-            setattr(torch_c, name, _probe_tracer(original))
+    _tracer.patch_torch_cuda(cuda, _on_cuda)
 
 
 def _probe_tracer(original):
-    def query(*args, **kwargs):
-        if "probe" not in STATE.cuda:
-            trace_cuda("probe", sys._getframe(1))
-        return original(*args, **kwargs)
-
-    query.__wrapped__ = original
-    return query
+    return _tracer.probe_tracer(original, _on_cuda)
 
 
-def _initialized(cuda) -> bool:
-    try:
-        return bool(cuda.is_initialized())
-    except Exception:
-        return False
+_initialized = _tracer.initialized
 
 
 # --- fork probe ------------------------------------------------------------------------------
 
-
-def in_fork(child) -> str:
-    """Run `child()` (returning a short str) in a throwaway forked process and return its answer."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(r)
-            try:
-                answer = str(child())
-            except BaseException as err:
-                answer = f"error: {type(err).__name__}: {err}"
-            os.write(w, answer.encode()[:4000])
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def fork_probe(use_cuda: bool) -> dict:
-    """Would CUDA work in a forked child? (research-lightning.md 2.9, with the stronger variant on CUDA)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return {"broken": False, "reason": None}
-    if _initialized(torch.cuda):
-        return {"broken": True, "reason": "CUDA is initialised in the notebook process"}
-
-    def child():
-        if torch.cuda._is_in_bad_fork():
-            return "bad-fork"
-        if use_cuda:
-            torch.zeros(1, device="cuda")
-        return "ok"
-
-    answer = in_fork(child)
-    if answer == "ok":
-        return {"broken": False, "reason": None}
-    if answer == "bad-fork":
-        return {"broken": True, "reason": "CUDA was queried or initialised in the notebook process (fork is poisoned)"}
-    return {"broken": True, "reason": f"CUDA fails in a forked child: {answer}"}
+in_fork = _tracer.in_fork
+fork_probe = _tracer.fork_probe
 
 
 def probe_message(probe: dict) -> str:
