@@ -438,7 +438,8 @@ async def test_a_jupytext_script_gets_diagnostics_at_file_positions(client: Lang
     code = [t for k, t in read_cells(ROOT / "examples" / "fabric_bad.ipynb") if k == "code"]
     text = "\n".join(f"# %%\n{t}\n" for t in code)
     line = text.split("\n").index("x = torch.tensor(1).cuda()")
-    path = tmp_path / "train.py"
+    path = tmp_path / "my notebooks" / "train.py"  # a space: the URI is percent-encoded
+    path.parent.mkdir()
     path.write_text(text, encoding="utf-8")
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=path.as_uri(), language_id="python", version=1, text=text))

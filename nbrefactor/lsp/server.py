@@ -14,6 +14,7 @@ import asyncio
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -78,12 +79,16 @@ class NotebookServer(LanguageServer):
         notebook = self.workspace.get_notebook_document(notebook_uri=uri)
         if notebook is not None:
             return Snapshot(uri, generation, cells=[self.cell_text(c) for c in notebook.cells], version=notebook.version)
-        doc = self.workspace.text_documents.get(uri)
+        doc = self.opened(uri)
         if doc is None:
             return None
         if convert.is_virtual_notebook(uri):  # jupyterlab-lsp: the whole notebook as one cell
             return Snapshot(uri, generation, cells=[CellText(uri, "code", doc.source, doc.version)], version=doc.version)
         return Snapshot(uri, generation, text=doc.source, version=doc.version)
+
+    def opened(self, uri: str):
+        """The text document the editor opened at `uri` (None if it did not: never read from disk)."""
+        return self.workspace.text_documents.get(unquote(uri))
 
     def cell_text(self, cell: types.NotebookCell) -> CellText:
         doc = self.workspace.get_text_document(cell.document)
@@ -208,7 +213,8 @@ class NotebookServer(LanguageServer):
 
     def hover(self, params: types.HoverParams) -> types.Hover | None:
         uri, at = params.text_document.uri, params.position
-        lines = self.workspace.get_text_document(uri).lines
+        doc = self.opened(uri)
+        lines = doc.lines if doc is not None else []
         line = lines[at.line] if at.line < len(lines) else ""
         code = convert.code_at(line, at.character)
         if code is None:
@@ -384,7 +390,7 @@ def build() -> NotebookServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def script_changed(ls: NotebookServer, params: types.DidChangeTextDocumentParams):
         uri = params.text_document.uri
-        doc = ls.workspace.text_documents.get(uri)
+        doc = ls.opened(uri)
         if doc is not None and (convert.is_jupytext_script(uri, doc.source) or convert.is_virtual_notebook(uri) or uri in ls.analyses):
             ls.schedule(uri, DEBOUNCE)
 
