@@ -263,10 +263,10 @@ def test_trainer_fit_stops_before_forking_naming_the_cell_and_line(fake):
     setup, use, fit = fake.counts["setup"], fake.counts["use"], r.execution_count
     # the first line says what was stopped, where, and the rule; then where CUDA was first initialised,
     # in both numberings (the kernel's In [n] and the notebook's cell N), and what to write instead
-    assert shown.startswith(f"ForkGuardError: nbrefactor stopped `trainer.fit(Tiny())` (In [{fit}] (cell {_number('fit')} of train.ipynb), line 2)")
+    assert shown.startswith(f"ForkGuardError: nbrefactor stopped `trainer.fit(Tiny())` (In [{fit}], cell {_number('fit')} of train.ipynb, line 2)")
     assert "before it forked 2 training processes: CUDA is already initialised in this kernel [NBR101]" in shown
-    assert f"at In [{setup}] (cell {_number('setup')} of train.ipynb), line 2: `torch.cuda.init()` in setup()" in shown
-    assert f"called from In [{use}] (cell {_number('use')} of train.ipynb), line 2: `ready = setup()`" in shown
+    assert f"at In [{setup}], cell {_number('setup')} of train.ipynb, line 2: `torch.cuda.init()` in setup()" in shown
+    assert f"called from In [{use}], cell {_number('use')} of train.ipynb, line 2: `ready = setup()`" in shown
     assert "LightningModule" in shown and "restart the kernel" in shown and "%nbrefactor fix" in shown
     assert "Traceback" not in shown and "lightning/pytorch" not in shown  # one message, not Lightning's stack
     # nothing was forked (not even the fork probe: CUDA is initialised, no need to ask a child)
@@ -279,7 +279,7 @@ def test_trainer_fit_stops_before_forking_naming_the_cell_and_line(fake):
 def test_fabric_launch_and_notebook_launcher_stop_before_forking(fake):
     r = fake.run(CELLS[_number("fabric") - 1][1], "fabric")
     assert r.error and r.error["ename"] == "ForkGuardError", r.shown + r.stderr
-    assert "`fabric.launch(train)`" in r.shown and f"cell {_number('fabric')} of train.ipynb), line 6" in r.shown
+    assert "`fabric.launch(train)`" in r.shown and f"cell {_number('fabric')} of train.ipynb, line 6)" in r.shown
     assert "[NBR101]" in r.shown and "the function you pass to `fabric.launch`" in r.shown
     r = fake.run(CELLS[_number("accelerate") - 1][1], "accelerate")
     assert r.error and r.error["ename"] == "ForkGuardError", r.shown + r.stderr
@@ -290,7 +290,7 @@ def test_fabric_launch_and_notebook_launcher_stop_before_forking(fake):
     assert r.stdout.split() == ["alive", "0"] and _ran(fake.tmp) == []
     status = fake.run("%nbrefactor status").stdout
     assert "torch was already imported when it loaded" in status  # the fake-CUDA startup file imported it
-    assert f"first CUDA initialisation: In [{fake.counts['setup']}] (cell {_number('setup')} of train.ipynb), line 2" in status
+    assert f"first CUDA initialisation: In [{fake.counts['setup']}], cell {_number('setup')} of train.ipynb, line 2" in status
     assert status.count(": stopped") == 3
 
 
@@ -344,6 +344,23 @@ def test_a_poisoned_fork_without_cuda_initialised_is_found_by_a_throwaway_child(
     monkeypatch.setitem(sys.modules, "torch", _fake_torch(poisoned=False))
     guard.check(state, "trainer", {"cell": 6, "line": 1, "code": "trainer.fit(model)"}, 2)  # a clean fork passes
     assert [launch["stopped"] for launch in state.launches] == [True, False]
+
+
+def test_cuda_initialised_before_the_extension_loaded_is_said_so(tmp_path, monkeypatch):
+    from nbrefactor.kernel import ext, guard
+
+    state = _state(tmp_path)
+    state.loaded_at, state.before = 9, {"torch": True, "cuda_initialized": True}
+    monkeypatch.setattr(ext, "STATE", state)
+    torch = _fake_torch(poisoned=True)
+    torch.cuda.is_initialized = lambda: True
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    with pytest.raises(guard.ForkGuardError) as raised:
+        guard.check(state, "fabric", {"cell": 12, "line": 3, "code": "fabric.launch(train)"}, 4)
+    text = str(raised.value)
+    assert text.startswith("nbrefactor stopped `fabric.launch(train)` (In [12], line 3) before it forked 4 training processes")
+    assert "CUDA was initialised before `%load_ext nbrefactor` ran (In [9]; torch was already imported)" in text
+    assert "the function you pass to `fabric.launch`" in text and "[NBR101]" in text
 
 
 def test_unload_takes_every_patch_out(monkeypatch):

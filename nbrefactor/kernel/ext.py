@@ -48,13 +48,13 @@ class KernelState:
 
     def label(self, count) -> str:
         """`In [5]`, with the notebook's own cell number when the kernel knows the file and the cell id:
-        `In [5] (cell 3 of train.ipynb)`."""
+        `In [5], cell 3 of train.ipynb`."""
         if count is None:
             return "a cell"
         text = f"In [{count}]"
         number, path = self.notebook_cell(count)
         if number is not None:
-            text += f" (cell {number} of {os.path.basename(path)})"
+            text += f", cell {number} of {os.path.basename(path)}"
         return text
 
     def notebook_cell(self, count):
