@@ -121,6 +121,8 @@ class NotebookServer(LanguageServer):
             if analysis is None or self.generation.get(uri) != snapshot.generation:
                 return  # the document changed meanwhile: a newer check is on its way
             self.analyses[uri] = analysis
+            if analysis.problem is not None:
+                self.log(f"nbrefactor: {convert.notebook_name(uri)}: {analysis.problem}", types.MessageType.Warning)
             self.publish(analysis)
         except asyncio.CancelledError:
             raise
@@ -136,8 +138,7 @@ class NotebookServer(LanguageServer):
             analysis.options = convert.options_for(snapshot.uri, self.settings)
             analysis.notebook, analysis.check = run_bounded(analysis.options, name_of(snapshot), read_and_check, snapshot, analysis.options)
         except Exception as err:  # noqa: BLE001 - a notebook nbrefactor cannot read is reported, not fatal
-            analysis.problem = problem_text(err)
-            self.log(f"nbrefactor: {convert.notebook_name(snapshot.uri)}: {analysis.problem}", types.MessageType.Warning)
+            analysis.problem = problem_text(err)  # logged by `recheck`: messages go out from the event loop only
         return analysis
 
     # --- publishing --------------------------------------------------------------------------
@@ -171,7 +172,10 @@ class NotebookServer(LanguageServer):
         self.cells_shown[snapshot.uri] = {uri for uri, found in by_cell.items() if found}
 
     def publish_one(self, uri: str, diagnostics: list[types.Diagnostic], version: int | None) -> None:
-        self.shown[uri] = diagnostics
+        if diagnostics:
+            self.shown[uri] = diagnostics
+        else:
+            self.shown.pop(uri, None)
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri=uri, diagnostics=diagnostics, version=version))
 
     def forget(self, uri: str) -> None:
@@ -183,7 +187,6 @@ class NotebookServer(LanguageServer):
         self.analyses.pop(uri, None)
         for cell in self.cells_shown.pop(uri, set()) | ({uri} if uri in self.shown else set()):
             self.publish_one(cell, [], None)
-            self.shown.pop(cell, None)
 
     def log(self, message: str, kind: types.MessageType = types.MessageType.Info) -> None:
         self.window_log_message(types.LogMessageParams(type=kind, message=message))
