@@ -12,14 +12,16 @@ import gc
 import re
 import threading
 from dataclasses import dataclass, field
-
-import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
+from typing import TYPE_CHECKING
 
 from nbrefactor.config import Selection
 from nbrefactor.diagnostic import Diagnostic  # noqa: F401 - defined apart so that printing a cached result imports no parser
-from nbrefactor.notebook.join import JoinedNotebook, join
 from nbrefactor.notebook.model import Notebook
+
+if TYPE_CHECKING:  # libcst and the join load only for notebooks that are analysed (see _RELEVANT)
+    import libcst as cst
+
+    from nbrefactor.notebook.join import JoinedNotebook
 
 # Every rule needs at least one of these in the code; a notebook without them has nothing to find.
 _RELEVANT = re.compile(r"lightning|Fabric|Trainer|notebook_launcher|Accelerator|set_start_method|DDPStrategy|multiprocessing")
@@ -47,6 +49,10 @@ class NotebookCheck:
 
 
 def parse_joined(notebook: Notebook) -> tuple[JoinedNotebook, cst.Module, list[CellWarning]]:
+    import libcst as cst
+
+    from nbrefactor.notebook.join import join
+
     joined = join(notebook)
     warnings = [
         CellWarning(notebook.path, c.index + 1, c.parse_error_line, f"cell skipped, not Python: {c.parse_error}")
@@ -132,12 +138,12 @@ def context_of(notebook: Notebook) -> str:
 
 
 def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
-    from codemods.facts import analyse
-    from codemods.rules import ALL_RULES, Finding
-
     result = NotebookCheck(notebook)
     if not any(_RELEVANT.search(c.source) for c in notebook.code_cells):
         return result
+    from codemods.facts import analyse
+    from codemods.rules import ALL_RULES, Finding
+
     joined, module, warnings = parse_joined(notebook)
     result.joined, result.module, result.warnings = joined, module, warnings
     facts = analyse(module)
@@ -200,6 +206,8 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
     from), the lines before it are counted from its cell's marker, whose line the join recorded,
     not by printing every statement before it.
     """
+    from libcst.metadata import MetadataWrapper, PositionProvider
+
     from codemods.walk import walk
 
     owner = {id(n): owners[id(n)] for n in nodes if owners and id(n) in owners}

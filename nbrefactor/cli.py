@@ -412,9 +412,10 @@ def _check_one(path, stdin_filename, selection) -> _FileOutcome:
     for w in result.warnings:
         row = f":{w.row}" if w.row else ""
         out.notes.append(f"{_where(name, notebook, w.cell)}{row}: {w.message}")
-    from nbrefactor.labels import label
+    if result.diagnostics:  # labelling asks the fixer (libcst): not for a clean notebook
+        from nbrefactor.labels import label
 
-    out.diagnostics = label(result, selection)  # what `fix` will really do
+        out.diagnostics = label(result, selection)  # what `fix` will really do
     return out
 
 

@@ -44,8 +44,21 @@ class Notebook:
     raw: str  # the file's text as read
     read_only_reason: str | None = None
     _ipynb: ipynb.IpynbFile | None = None
-    _jupytext_nb: object | None = None  # the jupytext NotebookNode, for text formats
+    _jupytext_node: object | None = None  # the jupytext NotebookNode, for text formats (see `_jupytext_nb`)
     _jupytext_config: object | None = None  # the jupytext configuration it was read with (jupytext.toml)
+
+    @property
+    def _jupytext_nb(self):
+        """The jupytext NotebookNode of a text notebook, needed only to write it back: a notebook
+        read by the fast reader (`fast_text`) gets it from jupytext on first use, so that `check`
+        never imports jupytext."""
+        if self._jupytext_node is None and self.format not in ("ipynb", "script") and self._ipynb is None:
+            self._jupytext_node = _jupytext_reads(self.path, self.raw, Path(self.path).suffix, self._jupytext_config)
+        return self._jupytext_node
+
+    @_jupytext_nb.setter
+    def _jupytext_nb(self, node) -> None:
+        self._jupytext_node = node
 
     @property
     def is_python(self) -> bool:
@@ -235,18 +248,16 @@ def _read_ipynb(path: str, text: str) -> Notebook:
 
 
 def _read_text(path: str, text: str, suffix: str) -> Notebook:
-    import jupytext  # only for text notebooks
-
-    from nbrefactor.notebook.text import jupytext_config
-
     from nbrefactor.notebook.safe_yaml import check_text_header
 
     check_text_header(text, path, commented=suffix == ".py")
+    fast = _read_text_fast(path, text, suffix)
+    if fast is not None:
+        return fast
+    from nbrefactor.notebook.text import jupytext_config
+
     config = jupytext_config(path)
-    try:
-        node = jupytext.reads(text, fmt=suffix.lstrip("."), config=config)
-    except Exception as err:  # jupytext raises many types for malformed headers
-        raise NotebookError(path, f"jupytext could not read it: {err}") from None
+    node = _jupytext_reads(path, text, suffix, config)
     jupytext_md = node.metadata.get("jupytext") if isinstance(node.metadata.get("jupytext"), dict) else {}
     info = jupytext_md.get("text_representation") if isinstance(jupytext_md.get("text_representation"), dict) else {}
     fmt = suffix.lstrip(".")
@@ -256,7 +267,33 @@ def _read_text(path: str, text: str, suffix: str) -> Notebook:
         Cell(i, c.cell_type, c.source, None, dict(c.metadata)) for i, c in enumerate(node.cells)
     ]
     language = _kernel_language(node.metadata) or ("python" if suffix == ".py" else None)
-    return Notebook(path, fmt, cells, language, text, None, _jupytext_nb=node, _jupytext_config=config)
+    return Notebook(path, fmt, cells, language, text, None, _jupytext_node=node, _jupytext_config=config)
+
+
+def _jupytext_reads(path: str, text: str, suffix: str, config):
+    import jupytext  # only for the text notebooks the fast reader leaves, and to write text back
+
+    try:
+        return jupytext.reads(text, fmt=suffix.lstrip("."), config=config)
+    except Exception as err:  # jupytext raises many types for malformed headers
+        raise NotebookError(path, f"jupytext could not read it: {err}") from None
+
+
+def _read_text_fast(path: str, text: str, suffix: str) -> Notebook | None:
+    """The notebook as `fast_text` reads it (exactly jupytext's cells), or None where it is not
+    sure: a format it does not read, or a jupytext configuration for the folder."""
+    from nbrefactor.notebook import fast_text
+    from nbrefactor.notebook.jupytext_settings import find_config
+    from nbrefactor.notebook.text import _directory
+
+    if suffix != ".py" or find_config(_directory(path)) is not None:
+        return None
+    got = fast_text.read(text, suffix)
+    if got is None:
+        return None
+    cells = [Cell(i, t, s, None, md) for i, (t, s, md) in enumerate(got.cells)]
+    language = _kernel_language(got.metadata) or "python"
+    return Notebook(path, "py:" + got.format_name, cells, language, text, None)
 
 
 def notebook_from_cells(cells: list[tuple[str, str]], path: str = "<example>.ipynb") -> Notebook:
