@@ -151,6 +151,16 @@ class OpenNotebook:
             )
         )
 
+    def delete_cell(self, at: int) -> None:
+        uri = self.uris.pop(at)
+        del self.texts[at], self.kinds[at], self.versions[at]
+        self.version += 1
+        structure = types.NotebookDocumentCellChangeStructure(
+            array=types.NotebookCellArrayChange(start=at, delete_count=1, cells=[]),
+            did_close=[types.TextDocumentIdentifier(uri=uri)],
+        )
+        self._change(types.NotebookDocumentCellChanges(structure=structure))
+
     def close(self) -> None:
         self.client.notebook_document_did_close(
             types.DidCloseNotebookDocumentParams(
@@ -251,8 +261,13 @@ async def test_editing_a_cell_clears_and_adds_findings(client: LanguageClient, t
     (d,) = client.diagnostics[new]
     assert (d.range.start.line, d.range.start.character) == (1, 4)
     assert codes(client, nb.uris[2]) == []  # the old cell 2, now cell 3, stays clean
+    nb.edit_cell(2, "y = torch.ones(2).cuda()")  # a finding on the old cell 2 too
+    await wait_for(lambda: "NBR101" in codes(client, nb.uris[2]) and "NBR101" in codes(client, new), "NBR101 on both cells")
+    nb.delete_cell(1)
+    await wait_for(lambda: codes(client, new) == [], "the deleted cell's diagnostics to be cleared")
+    assert codes(client, nb.uris[1]) == ["NBR101"]
     nb.close()
-    await wait_for(lambda: codes(client, new) == [], "the closed notebook's diagnostics to be cleared")
+    await wait_for(lambda: codes(client, nb.uris[1]) == [], "the closed notebook's diagnostics to be cleared")
 
 
 @pytest.mark.asyncio
