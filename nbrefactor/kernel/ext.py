@@ -123,7 +123,8 @@ def _wrap_cell_compiler(shell) -> None:
     original = compiler.cache
 
     def cache(transformed_code, number=0, raw_code=None):
-        name = original(transformed_code, number, raw_code)
+        # IPython 7 (Colab's) has no `raw_code` parameter and never passes it
+        name = original(transformed_code, number) if raw_code is None else original(transformed_code, number, raw_code)
         if STATE is not None and number:
             STATE.cell_files[name] = number
             STATE.count = number
