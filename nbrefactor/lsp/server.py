@@ -429,4 +429,9 @@ def build() -> NotebookServer:
 
 
 def serve() -> None:
-    build().start_io()
+    """Serve on stdin/stdout; anything else printed goes to stderr, never into the protocol stream."""
+    import sys
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr
+    build().start_io(stdin, stdout)
