@@ -429,6 +429,17 @@ async def test_project_settings_apply_and_client_settings_win(client: LanguageCl
 
 
 @pytest.mark.asyncio
+async def test_saving_rereads_the_project_settings(client: LanguageClient, tmp_path):
+    nb = OpenNotebook(client, tmp_path / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
+    await wait_for(lambda: "NBR101" in codes(client, nb.uris[1]), "NBR101 on cell 2")
+    (tmp_path / "pyproject.toml").write_text('[tool.nbrefactor]\nignore = ["NBR101"]\n', encoding="utf-8")
+    client.notebook_document_did_save(
+        types.DidSaveNotebookDocumentParams(notebook_document=types.NotebookDocumentIdentifier(uri=nb.uri))
+    )
+    await wait_for(lambda: codes(client, nb.uris[1]) == [], "NBR101 to go once [tool.nbrefactor] ignores it")
+
+
+@pytest.mark.asyncio
 async def test_hover_on_a_finding_and_on_a_noqa_code_shows_the_rule_docs(client: LanguageClient, tmp_path):
     cells = [("code", t) for t in TRAINER_CELLS] + [("code", "y = torch.ones(1)  # noqa: NBR201")]
     nb = OpenNotebook(client, tmp_path / "trainer.ipynb", cells)
