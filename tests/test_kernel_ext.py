@@ -395,6 +395,38 @@ def test_cuda_initialised_before_the_extension_loaded_is_said_so(tmp_path, monke
     assert "the function you pass to `fabric.launch`" in text and "[NBR101]" in text
 
 
+def test_notebook_launcher_imported_before_the_extension_is_guarded_where_accelerate_exports_it(tmp_path, monkeypatch):
+    """`import accelerate` before `%load_ext`: the package's `notebook_launcher` (what `from accelerate
+    import notebook_launcher` reads afterwards) is the guarded one; one process is never checked."""
+    from nbrefactor.kernel import ext, guard
+
+    calls = []
+
+    def notebook_launcher(function, args=(), num_processes=None, mixed_precision="no"):
+        calls.append(num_processes)
+
+    launchers = types.ModuleType("accelerate.launchers")
+    launchers.notebook_launcher = notebook_launcher
+    package = types.ModuleType("accelerate")
+    package.notebook_launcher = notebook_launcher
+    monkeypatch.setitem(sys.modules, "accelerate", package)
+    state = _state(tmp_path)
+    monkeypatch.setattr(ext, "STATE", state)
+    torch = _fake_torch(poisoned=False)
+    torch.cuda.is_initialized = lambda: True
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    table = guard.patches(state)
+    guard.apply(state, table, "accelerate.launchers", launchers)
+    assert package.notebook_launcher is launchers.notebook_launcher is not notebook_launcher
+    package.notebook_launcher(print, num_processes=1)  # no fork: not checked
+    with pytest.raises(guard.ForkGuardError, match=r"before it forked 2 training processes"):
+        package.notebook_launcher(print, (), 2)
+    assert calls == [1]  # the stopped launch never reached Accelerate
+    for undo in reversed(state.undo):
+        undo()
+    assert package.notebook_launcher is notebook_launcher is launchers.notebook_launcher
+
+
 def test_unload_takes_every_patch_out(monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell
 

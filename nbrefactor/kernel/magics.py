@@ -66,14 +66,22 @@ def run(shell, state, line: str) -> None:
     if command == "status":
         print(status(state))
         return
-    source = notebook_source(shell, state, history="--history" in rest)
-    if command == "check":
-        print(check(source))
-    else:
-        text, cells = fix(source, unsafe_fixes="--unsafe-fixes" in rest)
-        print(text)
-        if load is not None:
-            _load_cell(shell, cells, load)
+    from nbrefactor.errors import NotebookError
+
+    try:
+        source = notebook_source(shell, state, history="--history" in rest)
+        if not source.notebook.is_python:
+            print(f"{source.name}: the kernel language is {source.notebook.language}, not Python: nothing to check")
+            return
+        if command == "check":
+            print(check(source))
+        else:
+            text, cells = fix(source, unsafe_fixes="--unsafe-fixes" in rest)
+            print(text)
+            if load is not None:
+                _load_cell(shell, cells, load)
+    except NotebookError as err:  # a notebook nbrefactor cannot read: its one line, not a traceback
+        print(f"%nbrefactor {command}: {err.one_line()}")
 
 
 # --- what is checked ---------------------------------------------------------------------------
