@@ -317,6 +317,7 @@ async def test_fix_all_gives_the_cells_nbrefactor_fix_writes(client: LanguageCli
     nb.apply(fix_all.edit)
     expected = cli_fix(path)
     assert expected != read_cells(path), "the CLI changed nothing: the comparison would prove nothing"
+    assert nb.texts[3] == ""  # `nbrefactor fix` deletes cell 4; a workspace edit can only empty it
     ours = [(k, t) for k, t in zip(nb.kinds, nb.texts) if t or (k, t) in expected]
     assert ours == expected
 
