@@ -77,7 +77,7 @@ def key_path() -> Path:
 
 def _read_key(path: Path) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
     except FileNotFoundError:
         return None
     except OSError as err:
@@ -345,7 +345,7 @@ class Cache:
             return None
         path = self._entry_path(probe["key"])
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -418,7 +418,7 @@ class Cache:
             return
         if probe["paired"] != bool(deps):
             return  # could be paired, read alone: its result depends on files that may appear
-        body = json.dumps({"key": probe["key"], "outcome": outcome, "deps": deps or []}, sort_keys=True, separators=(",", ":")).encode()
+        body = json.dumps({"key": probe["key"], "outcome": outcome, "deps": deps or []}, separators=(",", ":")).encode()  # key order kept: it is printed
         if len(body) > MAX_ENTRY_BYTES - 200:
             return
         try:

@@ -236,7 +236,10 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
     if statistics:
         click.echo(_statistics(diagnostics, "json" if output_format == "json" else "text"), nl=False)
     else:
-        click.echo(render(diagnostics, output_format), nl=False)
+        from nbrefactor.report import sarif_rules
+
+        rules = cache.remembered("sarif-rules", sarif_rules) if output_format == "sarif" and cache is not None else None
+        click.echo(render(diagnostics, output_format, rules), nl=False)
     if output_format in ("text", "concise") and not quiet:
         if diagnostics:
             click.echo(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {_files(checked, scripts)}. {_fixable_summary(diagnostics)}")

@@ -81,10 +81,12 @@ def as_github(diagnostics: list[Diagnostic]) -> str:
     return "".join(out)
 
 
-def as_sarif(diagnostics: list[Diagnostic]) -> str:
+def sarif_rules() -> list[dict]:
+    """The rule catalogue as SARIF's `rules` (JSON-able: `check` keeps it in its cache, so that a
+    warm run printing SARIF need not import the rules)."""
     from codemods.rules import ALL_RULES
 
-    rules = [
+    return [
         {
             "id": r.code,
             "name": r.name,
@@ -95,6 +97,10 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
         }
         for r in ALL_RULES
     ]
+
+
+def as_sarif(diagnostics: list[Diagnostic], rules: list[dict] | None = None) -> str:
+    rules = sarif_rules() if rules is None else rules
     results = [
         {
             "ruleId": d.code,
@@ -131,5 +137,7 @@ def as_sarif(diagnostics: list[Diagnostic]) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def render(diagnostics: list[Diagnostic], fmt: str) -> str:
-    return {"text": as_text, "concise": as_text, "json": as_json, "github": as_github, "sarif": as_sarif}[fmt](diagnostics)
+def render(diagnostics: list[Diagnostic], fmt: str, sarif_rules: list[dict] | None = None) -> str:
+    if fmt == "sarif":
+        return as_sarif(diagnostics, sarif_rules)
+    return {"text": as_text, "concise": as_text, "json": as_json, "github": as_github}[fmt](diagnostics)

@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
+
+# `check` keeps a results cache (nbrefactor/cache.py). The suite keeps it on, so that every test
+# that checks a file twice also checks that a warm run prints what a cold one printed, but in a
+# folder of this test process: tests run from the repository root must not fill its
+# .nbrefactor_cache/, and no entry outlives the session (entries are keyed by nbrefactor's code
+# too, so one from an older checkout could never be used anyway). tests/test_cache.py sets its own.
+_CACHE = tempfile.mkdtemp(prefix="nbrefactor-test-cache-")
+os.environ.setdefault("NBREFACTOR_CACHE_DIR", _CACHE)
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 def pytest_addoption(parser):
