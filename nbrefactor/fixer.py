@@ -8,6 +8,8 @@ where the kernel reads it. The result is the new file text; nothing is written h
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 
 from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, context_of, node_positions
@@ -110,9 +112,20 @@ def fix_notebook(
 
 
 def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, selection: Selection) -> FixResult:
+    """The passes run on cells in memory and the file is rendered once, at the end; the rendered
+    file is read back and must give the cells the passes ended with. Where it does not (a text
+    format reading the new code into other cells), the passes are run again, each rendered to the
+    file and read back, so that every pass analyses exactly what the file will hold."""
+    result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=True)
+    if result is None:
+        result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=False)
+    return result
+
+
+def _run_passes(notebook: Notebook, unsafe_fixes: bool, devices: int | None, selection: Selection, *, in_memory: bool) -> FixResult | None:
     result = FixResult(notebook.path, notebook.raw, notebook.raw, before=notebook)
     current = notebook
-    origin = [c.number for c in notebook.cells]  # current cell index -> number in the original
+    origin = [c.index for c in notebook.cells]  # current cell index -> its index in the original
     from codemods.fixes import Options
 
     options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled, context=context_of(notebook))
@@ -134,13 +147,56 @@ def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, s
             result.refused.append(f"not rewritten: internal error, cell boundaries were not kept ({err})")
             break
         deleted = {i for i, s in sources.items() if _is_empty(s) and not _is_empty(current.cells[i].source)}
-        result.deleted_cells = sorted([*result.deleted_cells, *(origin[i] for i in deleted)])
-        origin = [o for i, o in enumerate(origin) if i not in deleted]
-        text = current.render(sources, deleted=deleted)
+        result.deleted_cells = sorted([*result.deleted_cells, *(origin[i] + 1 for i in deleted)])
         result.changes.extend(changes)
-        current = _reread(current, text)
+        if in_memory:
+            current = _with_sources(current, sources, deleted)
+        else:
+            current = _reread(current, current.render(sources, deleted=deleted))
+        origin = [o for i, o in enumerate(origin) if i not in deleted]
         check = None  # the notebook changed: the next pass (or the end) checks it afresh
+    if in_memory and current is not notebook:
+        written = _render_once(notebook, current, origin, result.deleted_cells)
+        if written is None:
+            return None
+        current = written
     result.fixed = current.raw
     result.after = current
     result.remaining = (check if check is not None else check_notebook(current, selection)).diagnostics
     return result
+
+
+class _InMemory(str):
+    """The `raw` of a notebook the passes hold in memory: never a file's text (rendering such a
+    notebook is refused). It names the cells' content, so that checks cached by text
+    (`checker.reusing_checks`: the label probe's modes pass through the same notebooks) find it."""
+
+
+def _with_sources(current: Notebook, sources: dict[int, str], deleted: set[int]) -> Notebook:
+    """`current` with the new cell sources and without the deleted cells, in memory."""
+    import copy
+
+    cells = []
+    for cell in current.cells:
+        if cell.index not in deleted:
+            cells.append(dataclasses.replace(cell, index=len(cells), source=sources.get(cell.index, cell.source)))
+    new = copy.copy(current)
+    new.cells = cells
+    digest = hashlib.sha256()
+    for cell in cells:
+        digest.update(f"{cell.cell_type}\0{len(cell.source)}\0".encode())
+        digest.update(cell.source.encode("utf-8", "surrogatepass"))
+    new.raw = _InMemory(f"<in memory {digest.hexdigest()}>")
+    new.read_only_reason = "internal: a notebook held in memory between passes is never written"
+    return new
+
+
+def _render_once(notebook: Notebook, current: Notebook, origin: list[int], deleted_numbers: list[int]) -> Notebook | None:
+    """The original notebook rendered with the cells of `current` (cell `i` of `current` is cell
+    `origin[i]` of the original) and read back; None when it does not read back as `current`."""
+    sources = {o: cell.source for o, cell in zip(origin, current.cells)}
+    text = notebook.render(sources, deleted={n - 1 for n in deleted_numbers})
+    written = _reread(notebook, text)
+    if [(c.cell_type, c.source) for c in written.cells] != [(c.cell_type, c.source) for c in current.cells]:
+        return None
+    return written
