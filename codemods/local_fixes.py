@@ -315,7 +315,25 @@ def lightning_before_probe(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[s
 
 
 def apply_replacements(module: cst.Module, replacements: dict[int, cst.CSTNode]) -> cst.Module:
-    return module.visit(_Replace(replacements)) if replacements else module
+    """`module` with the nodes named in `replacements` (by id) replaced. Only the top-level
+    statements that hold one are rebuilt: a transformer over the whole module rebuilds every node,
+    which cost more than the fixes themselves on a large notebook."""
+    if not replacements:
+        return module
+    wanted = set(replacements)
+    body = list(module.body)
+    for index, stmt in enumerate(body):
+        if not wanted:
+            break
+        found = {id(n) for n in walk(stmt) if id(n) in wanted}
+        if found:
+            wanted -= found
+            body[index] = stmt.visit(_Replace(replacements))
+            if not isinstance(body[index], cst.CSTNode):  # removed or split: the module's own visit
+                return module.visit(_Replace(replacements))
+    if wanted:  # in the module's header or footer, or not in it: the whole module, as before
+        return module.visit(_Replace(replacements))
+    return module.with_changes(body=body)
 
 
 __all__ = ["apply_replacements", "explicit_devices", "explicit_num_processes", "lightning_before_probe", "notebook_strategies", "rebuild"]
