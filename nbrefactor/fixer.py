@@ -45,8 +45,8 @@ class FixResult:
 
 
 def _one_pass(check: NotebookCheck, options, refused: list[str]):
-    """(new module code, changes) for the first declared fix that changes the notebook and passes
-    the semantic gate, or (None, [])."""
+    """(the step, changes) for the first declared fix that changes the notebook and passes the
+    semantic gate, or (None, [])."""
     from codemods.fixes import next_step
 
     step = next_step(check.facts, options, refused)
@@ -54,7 +54,7 @@ def _one_pass(check: NotebookCheck, options, refused: list[str]):
         return None, []
     cell_of = _cells_of_nodes(check, [where for _, where, _ in step.changes if not isinstance(where, int)])
     changes = [Change(code, where + 1 if isinstance(where, int) else cell_of[id(where)], message) for code, where, message in step.changes]
-    return step.code, changes
+    return step, changes
 
 
 def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
@@ -129,16 +129,17 @@ def _run_passes(notebook: Notebook, unsafe_fixes: bool, devices: int | None, sel
     from codemods.fixes import Options
 
     options = Options(unsafe_fixes=unsafe_fixes, devices=devices, enabled=selection.enabled, context=context_of(notebook))
-    check = None
+    check = step = None
     for _ in range(MAX_PASSES):
-        check = check_notebook(current, selection)
+        check = _check_after(current, selection, step)
         if check.facts is None:
             break
         refused: list[str] = []
-        new_code, changes = _one_pass(check, options, refused)
+        step, changes = _one_pass(check, options, refused)
         # What is refused is what the last pass refused: a refusal of an earlier pass may have
         # been lifted by the fixes after it.
         result.refused = list(dict.fromkeys(refused))
+        new_code = step.code if step is not None else None
         if new_code is None or new_code == check.facts.code:
             break  # `check` describes `current`: its findings are what remains
         try:
@@ -162,8 +163,19 @@ def _run_passes(notebook: Notebook, unsafe_fixes: bool, devices: int | None, sel
         current = written
     result.fixed = current.raw
     result.after = current
-    result.remaining = (check if check is not None else check_notebook(current, selection)).diagnostics
+    result.remaining = (check if check is not None else _check_after(current, selection, step)).diagnostics
     return result
+
+
+def _check_after(current: Notebook, selection: Selection, step) -> NotebookCheck:
+    """The check of `current`; after a fix `step`, the module the codemod built is analysed
+    instead of parsing the same code again, where the cells join to exactly that code."""
+    if step is None:
+        return check_notebook(current, selection)
+    from nbrefactor.notebook.join import parsed_as
+
+    with parsed_as(step.code, step.module):
+        return check_notebook(current, selection)
 
 
 class _InMemory(str):

@@ -13,6 +13,7 @@ reordered or indented: a codemod that breaks cell boundaries must fail, never co
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -230,8 +231,40 @@ def _prepare_cell(source: str, magics: list[str]) -> tuple[str, CellInModule]:
     return "", info
 
 
+_parsed: dict[str, cst.Module] = {}  # code -> its module, while `parsed_as` holds one
+
+
+@contextlib.contextmanager
+def parsed_as(code: str, module: cst.Module):
+    """Within this block, a notebook that joins to exactly `code` takes `module` instead of a new
+    parse (the fixer's next pass: `module` is what the codemod built, printing as `code`). Only a
+    module in which no node object appears twice is taken: the analysis tells nodes apart by
+    identity. Outside the block nothing is kept."""
+    if _one_node_per_place(module):
+        _parsed[code] = module
+    try:
+        yield
+    finally:
+        _parsed.pop(code, None)
+
+
+def _one_node_per_place(module: cst.Module) -> bool:
+    from codemods.walk import walk
+
+    seen: set[int] = set()
+    for node in walk(module):
+        if id(node) in seen:
+            return False
+        seen.add(id(node))
+    return True
+
+
 def _make_unparsable_cells_opaque(joined: JoinedNotebook) -> None:
     """libcst and CPython disagree on a few corners; a cell libcst rejects is made opaque."""
+    known = _parsed.get(joined.code)
+    if known is not None:
+        joined.module = known
+        return
     try:
         joined.module = cst.parse_module(joined.code)
         return
