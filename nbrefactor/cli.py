@@ -202,7 +202,7 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
         cache = None if no_cache else _open_cache(settings)
         opened.append(cache)
         if cache is None:
-            return _rule_codes()
+            return _LazyRuleCodes()
         return cache.remembered("rule-codes", _rule_codes)
 
     settings = _settings(isolated, select, extend_select, ignore, quiet, known_codes)
@@ -324,6 +324,14 @@ def _rule_codes() -> list[str]:
     from codemods.rules import ALL_RULES
 
     return [r.code for r in ALL_RULES]
+
+
+class _LazyRuleCodes:
+    """The rule codes, looked up only when a selector other than `ALL` is checked against them:
+    importing the rules imports libcst (about half a second), which a clean text notebook never needs."""
+
+    def __iter__(self):
+        return iter(_rule_codes())
 
 
 def _open_cache(settings):
@@ -485,7 +493,7 @@ def _settings(isolated, select, extend_select, ignore, quiet, known_codes=None):
     limits.configure(settings.limits)
     for w in settings.warnings:
         _note(w, quiet)
-    known = known_codes(settings) if known_codes is not None else _rule_codes()
+    known = known_codes(settings) if known_codes is not None else _LazyRuleCodes()
     if select:
         settings.select = _codes(select)
     settings.extend_select += _codes(extend_select)
