@@ -226,6 +226,18 @@ def test_check_in_history_mode_names_in_numbers(plain):
     assert r.status == "ok" and "nothing was written" in r.stdout
 
 
+@needs_kernel
+def test_status_names_the_cell_that_loaded_the_extension(plain):
+    """`loaded at In [n]` is the `%load_ext` cell itself (IPython 9 has counted the next cell already
+    while one runs), and a second `%load_ext` keeps the first load."""
+    _ready(plain)
+    r = plain.run("%reload_ext nbrefactor")
+    assert r.status == "ok", r.shown
+    assert plain.run("%load_ext nbrefactor").status == "ok"
+    status = plain.run("%nbrefactor status").stdout
+    assert status.startswith(f"nbrefactor guard loaded at In [{r.execution_count}].\n"), status
+
+
 # -- the fake-CUDA kernel: the guard at every launch point, file mode -------------------------------
 
 # (cell id, source); markdown cells count in the notebook's cell numbers

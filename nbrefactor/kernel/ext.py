@@ -30,7 +30,7 @@ class KernelState:
         self.cell_files = {}  # code filename IPython compiled a cell under -> execution count
         self.cuda = {}  # "init" / "probe" -> first record
         self.launches = []  # what the guard saw at each launch point: (kind, stopped, where)
-        self.loaded_at = shell.execution_count if shell is not None else None
+        self.loaded_at = running_count(shell) if shell is not None else None
         self.before = {}  # what was already true when the extension loaded
         self.finder = None
         self.undo = []  # callables that take the patches back out (unload)
@@ -93,6 +93,16 @@ class KernelState:
             return  # recorded already, or a forked child's own CUDA (that is what it is for)
         record = {"kind": kind, "lightning_imported": tracer.lightning_imported(), "time": time.time(), **self.where(frame)}
         self.cuda[kind] = record
+
+
+def running_count(shell) -> int:
+    """The `In [n]` of the cell running now (0 at start-up, before any cell). Not
+    `shell.execution_count`: IPython 9 counts the cell before running it (n + 1 while it runs),
+    IPython 7 and 8 after (n); both store the cell's input in the history first."""
+    history = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    if isinstance(history, list):
+        return len(history) - 1
+    return shell.execution_count
 
 
 def notebook_path(shell):
