@@ -430,6 +430,27 @@ async def test_project_settings_apply_and_client_settings_win(client: LanguageCl
 
 
 @pytest.mark.asyncio
+async def test_an_unknown_rule_selector_is_said_and_does_not_silence_the_checks(client: LanguageClient, tmp_path):
+    """select = ["BOGUS"] matches no rule: refused as `nbrefactor check --select BOGUS` refuses it,
+    in one line, rather than checking nothing and showing a clean notebook."""
+    nb = OpenNotebook(client, tmp_path / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
+    await wait_for(lambda: "NBR101" in codes(client, nb.uris[1]), "NBR101 on cell 2")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"nbrefactor": {"select": ["BOGUS"]}}))
+    await wait_for(lambda: any("`BOGUS`" in m.message for m in client.log_messages), "the setting's problem in the log")
+    (said,) = [m.message for m in client.log_messages if "`BOGUS`" in m.message]
+    assert said == "nbrefactor: setting select: unknown rule selector `BOGUS` (see `nbrefactor rules`); the setting is ignored"
+    await asyncio.sleep(0.5)
+    assert "NBR101" in codes(client, nb.uris[1])  # the editor's setting ignored: the project's selection applies
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[tool.nbrefactor]\nignore = ["NBR9"]\n', encoding="utf-8")
+    other = OpenNotebook(client, project / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
+    await wait_for(lambda: other.uris[0] in client.diagnostics, "the problem diagnostic of [tool.nbrefactor]")
+    (problem,) = client.diagnostics[other.uris[0]]
+    assert "could not check" in problem.message and "[tool.nbrefactor] ignore: unknown rule selector `NBR9`" in problem.message
+
+
+@pytest.mark.asyncio
 async def test_saving_rereads_the_project_settings(client: LanguageClient, tmp_path):
     nb = OpenNotebook(client, tmp_path / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
     await wait_for(lambda: "NBR101" in codes(client, nb.uris[1]), "NBR101 on cell 2")

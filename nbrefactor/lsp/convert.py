@@ -310,7 +310,22 @@ def _codes(value, key: str, problems: list[str]) -> tuple[str, ...] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z]+[0-9]*", v) for v in value):
         problems.append(f'setting {key} must be a list of rule codes or prefixes such as ["NBR1", "NBR201"]')
         return None
-    return tuple(v.upper() for v in value)
+    from nbrefactor.config import validate_codes
+    from nbrefactor.errors import NotebookError
+
+    codes = tuple(v.upper() for v in value)
+    try:  # as `--select BOGUS` is refused: a selector that matches no rule would silently check nothing
+        validate_codes(codes, _rule_codes(), f"setting {key}")
+    except NotebookError as err:
+        problems.append(f"{err.one_line()}; the setting is ignored")
+        return None
+    return codes
+
+
+def _rule_codes() -> list[str]:
+    from nbrefactor.cli import _rule_codes
+
+    return _rule_codes()
 
 
 @dataclass(frozen=True)
@@ -325,11 +340,17 @@ class Options:
 
 def options_for(uri: str, client: ClientSettings) -> Options:
     """The project's `[tool.nbrefactor]` (for a `file:` notebook) with the editor's settings over it."""
-    from nbrefactor.config import Selection, Settings, load_settings
+    from nbrefactor.config import Selection, Settings, load_settings, validate_codes
+    from nbrefactor.errors import NotebookError
 
     path = path_of(uri)
     project = load_settings(path.parent) if path is not None else Settings()
     select = client.select if client.select is not None else tuple(project.select) + tuple(project.extend_select)
     ignore = client.ignore if client.ignore is not None else tuple(project.ignore)
     unsafe = client.unsafe_fixes if client.unsafe_fixes is not None else project.unsafe_fixes
+    for key, codes in (("select", select if client.select is None else ()), ("ignore", ignore if client.ignore is None else ())):
+        try:  # refused as `nbrefactor check` refuses it
+            validate_codes(codes, _rule_codes(), key)
+        except NotebookError as err:
+            raise NotebookError(project.source, f"[tool.nbrefactor] {key}: {err.message}") from None
     return Options(Selection(select or ("ALL",), ignore), unsafe, client.devices, project.limits)
