@@ -226,6 +226,9 @@ _LINES = st.sampled_from([
     "# a comment", "# %%", "# +", "# -", "#%%", "# %% [markdown]", '"""', "'''", 's = """', '"""doc"""', "x = 'it''s'",
     "```", "~~~", "```python", "# ```", "text with 'quote", "# region", "\\", "y = 1 \\", "    ",
     "# In[1]:", "<codecell>", "- item", "## heading", "\t", "if x:",
+    "# %time x", "    %time x", "%%bash", "?x", "x?", "a = !ls", "%time x # noescape", "ls # escape", "# # +",
+    "# %% Title [markdown]", "# %% [raw]", "#!ls", "async def g():", ")", "# ```python", "# ~~~~", "r'''", "x = '#'",
+    "\u00a0", "# ---", "---",
 ])
 _SOURCES = st.lists(_LINES, max_size=8).map("\n".join)
 _CELLS = st.lists(st.tuples(st.sampled_from(["code", "code", "markdown", "raw"]), _SOURCES), min_size=1, max_size=6)
