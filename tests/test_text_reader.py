@@ -312,6 +312,9 @@ def test_the_reader_stays_linear_on_hostile_input():
         "x = 1\n" + "\n" * 40_000 + "    y\n",  # a long run of blank lines before indented code
         "# %% [markdown]\n" + "# ```\n" * 20_000,  # fences that open and look for their close
         "# %%\n" + ' """\n' * 20_000,
+        "# +\nx = 1\n" * 20_000,
+        "# %%\n" + "'\"" * 200_000 + "\n",  # one long line of quotes
+        "# %%\nx = 1\n" + '# %%\n@"""\n' * 10_000,  # every look-ahead opens a string
     ]
     for text in cases:
         start = time.perf_counter()
