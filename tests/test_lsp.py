@@ -271,6 +271,20 @@ async def test_editing_a_cell_clears_and_adds_findings(client: LanguageClient, t
 
 
 @pytest.mark.asyncio
+async def test_a_cell_with_a_syntax_error_is_said_to_be_skipped(client: LanguageClient, tmp_path):
+    """`nbrefactor check` notes a cell it cannot parse (its findings are missing); so does the server,
+    on that cell, and the other cells' findings still arrive. Fixing the cell clears the note."""
+    nb = OpenNotebook(client, tmp_path / "syntax.ipynb", [("code", "x = 1\ndef f(:\n    pass"), *[("code", t) for t in TRAINER_CELLS]])
+    await wait_for(lambda: "NBR101" in codes(client, nb.uris[2]), "NBR101 on cell 3")
+    await wait_for(lambda: nb.uris[0] in client.diagnostics, "the note on cell 1")
+    (note,) = client.diagnostics[nb.uris[0]]
+    assert note.severity == types.DiagnosticSeverity.Information and note.code is None
+    assert note.message == "nbrefactor: cell skipped, not Python: invalid syntax" and note.range.start.line == 1
+    nb.edit_cell(0, "x = 1")
+    await wait_for(lambda: not client.diagnostics.get(nb.uris[0]), "the note to be cleared")
+
+
+@pytest.mark.asyncio
 async def test_a_newer_version_supersedes_the_one_in_flight(client: LanguageClient, tmp_path):
     nb = OpenNotebook(client, tmp_path / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
     await wait_for(lambda: "NBR101" in codes(client, nb.uris[1]), "NBR101 on cell 2")

@@ -197,6 +197,19 @@ def script_diagnostics(findings, notebook, encoding: str = UTF16) -> list[types.
     return out
 
 
+def warning_diagnostics(warnings, cells: list[CellText]) -> dict[str, list[types.Diagnostic]]:
+    """Cell document URI -> a note for each cell nbrefactor skipped (`note:` of `nbrefactor check`:
+    a cell that is not Python, whose findings are therefore missing), on the line it names."""
+    out: dict[str, list[types.Diagnostic]] = {}
+    for w in warnings:
+        if 0 < w.cell <= len(cells):
+            line = max((w.row or 1) - 1, 0)
+            at = types.Range(types.Position(line, 0), types.Position(line, 0))
+            note = types.Diagnostic(range=at, message=f"nbrefactor: {w.message}", severity=types.DiagnosticSeverity.Information, source=SOURCE)
+            out.setdefault(cells[w.cell - 1].uri, []).append(note)
+    return out
+
+
 def problem_diagnostic(message: str) -> types.Diagnostic:
     """The one diagnostic for a notebook nbrefactor could not check (on the first line of cell 1)."""
     return types.Diagnostic(

@@ -154,7 +154,10 @@ class NotebookServer(LanguageServer):
         cells = analysis.snapshot.cells
         if analysis.problem is not None:
             return {c.uri: [convert.problem_diagnostic(analysis.problem)] if i == 0 else [] for i, c in enumerate(cells)}
-        return convert.cell_diagnostics(analysis.check.diagnostics, cells, self.encoding)
+        by_cell = convert.cell_diagnostics(analysis.check.diagnostics, cells, self.encoding)
+        for uri, notes in convert.warning_diagnostics(analysis.check.warnings, cells).items():
+            by_cell[uri] += notes
+        return by_cell
 
     def script_diagnostics(self, analysis: Analysis) -> list[types.Diagnostic]:
         if analysis.problem is not None:
