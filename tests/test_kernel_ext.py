@@ -222,8 +222,11 @@ def test_check_in_history_mode_names_in_numbers(plain):
     assert "cells run in this kernel so far" in out and "does not know its notebook file" in out
     # `model = Tiny().cuda()` ran before the fit (not on CPU, but it is there): the static check finds it
     assert f"In [{cuda_cell}]:2:13: NBR101" in out, out
+    assert "  help: fixable with `%nbrefactor fix --unsafe-fixes`" in out  # the magic's flag, not the CLI's
     r = plain.run("%nbrefactor fix")
     assert r.status == "ok" and "nothing was written" in r.stdout
+    r = plain.run("%nbrefactor fix --unsafe-fixes")
+    assert r.status == "ok" and f"+++ In [{cuda_cell}]" in r.stdout, r.stdout
 
 
 @needs_kernel

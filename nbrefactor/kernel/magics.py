@@ -138,7 +138,7 @@ def check(source: Source) -> str:
     lines = [source.note + ":"]
     for d in diagnostics:
         lines.append(f"{source.place(d.cell)}:{d.row}:{d.column}: {d.code} {d.message}")
-        lines.append(f"  help: {hint(d)}")
+        lines.append(f"  help: {_in_kernel(hint(d), d)}")
     for w in result.warnings:
         lines.append(f"{source.place(w.cell)}{f':{w.row}' if w.row else ''}: {w.message}")
     if diagnostics:
@@ -147,6 +147,12 @@ def check(source: Source) -> str:
     else:
         lines.append("No multi-GPU problems found.")
     return "\n".join(lines)
+
+
+def _in_kernel(help: str, d) -> str:
+    """The CLI's hint as this magic's (`%nbrefactor fix --unsafe-fixes`): the magic shows that fix in
+    the kernel, history mode included; one that needs `--devices N` stays the CLI's (the magic has none)."""
+    return help if d.fix_needs else help.replace("`nbrefactor fix", "`%nbrefactor fix", 1)
 
 
 # --- fix -------------------------------------------------------------------------------------
