@@ -461,3 +461,21 @@ def test_unload_takes_every_patch_out(monkeypatch):
     assert ext.STATE is None and cuda._lazy_init is original and sys.meta_path == hooks
     assert "nbrefactor" not in shell.magics_manager.magics["line"] and "cache" not in shell.compile.__dict__
     assert shell.custom_exceptions == ()
+
+
+def test_check_offers_the_magic_fix_only_when_a_finding_has_one():
+    """`%nbrefactor check` in history mode, in process: a finding that needs a manual fix is not sent
+    to `%nbrefactor fix` (which would say "Nothing to fix"); one with a fix is, by the magic's name."""
+    from nbrefactor.kernel import magics
+
+    def checked(*cells: str) -> str:
+        shell = types.SimpleNamespace(history_manager=types.SimpleNamespace(input_hist_raw=["", *cells]), user_ns={})
+        return magics.check(magics.notebook_source(shell, None, history=True))
+
+    fit = 'import lightning as L\ntrainer = L.Trainer(strategy="ddp_notebook", devices=2)\ntrainer.fit(model)'
+    manual = checked("import torch", "def setup():\n    torch.cuda.init()", "setup()", fit)
+    assert "In [3]:1:1: NBR101" in manual and "needs a manual fix" in manual, manual
+    assert manual.endswith("None has an automatic fix: the help lines say where to read how to fix it."), manual
+    fixable = checked("import torch", "if torch.cuda.is_available():\n    model = Tiny().cuda()", fit)
+    assert "NBR102" in fixable and "  help: fixable with `%nbrefactor fix`\n" in fixable, fixable
+    assert fixable.endswith("`%nbrefactor fix` shows the fix."), fixable

@@ -143,7 +143,12 @@ def check(source: Source) -> str:
         lines.append(f"{source.place(w.cell)}{f':{w.row}' if w.row else ''}: {w.message}")
     if diagnostics:
         cells = len({d.cell for d in diagnostics})
-        lines.append(f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {cells} cell{'s' * (cells != 1)}. `%nbrefactor fix` shows the fix.")
+        found = f"Found {len(diagnostics)} finding{'s' * (len(diagnostics) != 1)} in {cells} cell{'s' * (cells != 1)}."
+        if any(d.applicability != "none" for d in diagnostics):
+            found += " `%nbrefactor fix` shows the fix."  # (with the flags its help line names)
+        else:
+            found += " None has an automatic fix: the help lines say where to read how to fix it."
+        lines.append(found)
     else:
         lines.append("No multi-GPU problems found.")
     return "\n".join(lines)
