@@ -282,6 +282,13 @@ async def test_a_cell_with_a_syntax_error_is_said_to_be_skipped(client: Language
     assert note.message == "nbrefactor: cell skipped, not Python: invalid syntax" and note.range.start.line == 1
     nb.edit_cell(0, "x = 1")
     await wait_for(lambda: not client.diagnostics.get(nb.uris[0]), "the note to be cleared")
+    text = "".join(f"# %%\n{t}\n\n" for t in ["x = 1\ndef f(:\n    pass", *TRAINER_CELLS])  # a jupytext script: at its file line
+    script = tmp_path / "syntax.py"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=script.as_uri(), language_id="python", version=1, text=text)))
+    await wait_for(lambda: script.as_uri() in client.diagnostics, "the script's diagnostics")
+    (note,) = [d for d in client.diagnostics[script.as_uri()] if d.code is None]
+    assert note.message == "nbrefactor: cell skipped, not Python: invalid syntax"
+    assert note.range.start.line == text.split("\n").index("def f(:")
 
 
 @pytest.mark.asyncio

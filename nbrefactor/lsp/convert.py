@@ -185,8 +185,8 @@ def cell_diagnostics(findings, cells: list[CellText], encoding: str = UTF16) -> 
     return out
 
 
-def script_diagnostics(findings, notebook, encoding: str = UTF16) -> list[types.Diagnostic]:
-    """Diagnostics of a jupytext text notebook at their file positions."""
+def script_diagnostics(findings, notebook, encoding: str = UTF16, warnings=()) -> list[types.Diagnostic]:
+    """Diagnostics of a jupytext text notebook at their file positions (and a note per skipped cell)."""
     starts = cell_first_lines(notebook)
     out = []
     for d in findings:
@@ -194,6 +194,9 @@ def script_diagnostics(findings, notebook, encoding: str = UTF16) -> list[types.
             continue
         first = starts[d.cell - 1] if starts is not None else 0
         out.append(diagnostic(d, notebook.cells[d.cell - 1].source.split("\n"), first, encoding))
+    for w in warnings:
+        if 0 < w.cell <= len(notebook.cells):
+            out.append(skipped_note(w, starts[w.cell - 1] if starts is not None else 0))
     return out
 
 
@@ -203,11 +206,14 @@ def warning_diagnostics(warnings, cells: list[CellText]) -> dict[str, list[types
     out: dict[str, list[types.Diagnostic]] = {}
     for w in warnings:
         if 0 < w.cell <= len(cells):
-            line = max((w.row or 1) - 1, 0)
-            at = types.Range(types.Position(line, 0), types.Position(line, 0))
-            note = types.Diagnostic(range=at, message=f"nbrefactor: {w.message}", severity=types.DiagnosticSeverity.Information, source=SOURCE)
-            out.setdefault(cells[w.cell - 1].uri, []).append(note)
+            out.setdefault(cells[w.cell - 1].uri, []).append(skipped_note(w))
     return out
+
+
+def skipped_note(w, first_line: int = 0) -> types.Diagnostic:
+    line = first_line + max((w.row or 1) - 1, 0)
+    at = types.Range(types.Position(line, 0), types.Position(line, 0))
+    return types.Diagnostic(range=at, message=f"nbrefactor: {w.message}", severity=types.DiagnosticSeverity.Information, source=SOURCE)
 
 
 def problem_diagnostic(message: str) -> types.Diagnostic:

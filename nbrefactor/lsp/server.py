@@ -162,7 +162,7 @@ class NotebookServer(LanguageServer):
     def script_diagnostics(self, analysis: Analysis) -> list[types.Diagnostic]:
         if analysis.problem is not None:
             return [convert.problem_diagnostic(analysis.problem)]
-        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook, self.encoding)
+        return convert.script_diagnostics(analysis.check.diagnostics, analysis.notebook, self.encoding, analysis.check.warnings)
 
     def publish_cells(self, snapshot: Snapshot, by_cell: dict[str, list[types.Diagnostic]]) -> None:
         """Diagnostics for each cell that has some, and an empty list for each that had some."""
