@@ -192,12 +192,16 @@ def _private_folder(path: Path, create: bool) -> None:
         if not create:
             raise CacheUnavailable(f"{path} does not exist") from None
         try:
+            os.makedirs(path.parent, exist_ok=True)  # `cache-dir = "build/nbr"`: build/ too, as ruff does
             os.mkdir(path, 0o755)
         except FileExistsError:
             pass
         except OSError as err:
             raise CacheUnavailable(f"cannot create {path}: {err}") from None
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+        except OSError as err:
+            raise CacheUnavailable(f"cannot create {path}: {err}") from None
     except OSError as err:
         raise CacheUnavailable(f"cannot use {path}: {err}") from None
     if stat.S_ISLNK(st.st_mode):

@@ -198,12 +198,10 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
 
     opened = []  # the results cache, opened once the configuration is read (it may name the folder)
 
-    def known_codes(settings) -> list[str]:
+    def known_codes(settings):
         cache = None if no_cache else _open_cache(settings)
         opened.append(cache)
-        if cache is None:
-            return _LazyRuleCodes()
-        return cache.remembered("rule-codes", _rule_codes)
+        return _LazyRuleCodes(None if cache is None else lambda: cache.remembered("rule-codes", _rule_codes))
 
     settings = _settings(isolated, select, extend_select, ignore, quiet, known_codes)
     selection = settings.selection()
@@ -330,8 +328,14 @@ class _LazyRuleCodes:
     """The rule codes, looked up only when a selector other than `ALL` is checked against them:
     importing the rules imports libcst (about half a second), which a clean text notebook never needs."""
 
+    def __init__(self, codes=None):
+        self._codes = codes or _rule_codes  # `check` reads them from its cache when it can
+        self._found: list[str] | None = None
+
     def __iter__(self):
-        return iter(_rule_codes())
+        if self._found is None:
+            self._found = list(self._codes())
+        return iter(self._found)
 
 
 def _open_cache(settings):

@@ -185,8 +185,7 @@ def test_the_cache_folder_is_tagged_and_ignored_by_git(project, key_home):
 
 
 def test_cache_dir_from_the_configuration_and_from_the_environment(project, key_home, tmp_path):
-    (project / "pyproject.toml").write_text('[tool.nbrefactor]\ncache-dir = "build/nbr"\n')
-    (project / "build").mkdir()
+    (project / "pyproject.toml").write_text('[tool.nbrefactor]\ncache-dir = "build/nbr"\n')  # build/ is made too
     run("check", ".", cwd=project, key_home=key_home)
     assert list((project / "build" / "nbr" / "v1").glob("*.json"))
     assert not (project / ".nbrefactor_cache").exists()
