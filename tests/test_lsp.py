@@ -292,6 +292,30 @@ async def test_a_cell_with_a_syntax_error_is_said_to_be_skipped(client: Language
 
 
 @pytest.mark.asyncio
+async def test_a_cell_the_client_did_not_send_is_never_read_from_disk(client: LanguageClient, tmp_path):
+    """A notebook whose first cell's text document was left out of didOpen, its URI naming a file on
+    disk: the server checks an empty cell (pygls's `get_text_document` would read that file), and the
+    cells it was sent are checked as usual, with no error."""
+    on_disk = tmp_path / "secret.py"
+    on_disk.write_text("import torch\nz = torch.zeros(1).cuda()\n", encoding="utf-8")
+    sent = ["import torch\ny = torch.ones(1).cuda()", TRAINER_CELLS[2]]
+    uris = [on_disk.as_uri(), *(f"vscode-notebook-cell:{tmp_path}/partial.ipynb#C{i}" for i in (1, 2))]
+    client.notebook_document_did_open(
+        types.DidOpenNotebookDocumentParams(
+            notebook_document=types.NotebookDocument(
+                uri=(tmp_path / "partial.ipynb").as_uri(), notebook_type="jupyter-notebook", version=1,
+                cells=[types.NotebookCell(kind=types.NotebookCellKind.Code, document=u) for u in uris],
+            ),
+            cell_text_documents=[types.TextDocumentItem(uri=u, language_id="python", version=1, text=t) for u, t in zip(uris[1:], sent)],
+        )
+    )
+    await wait_for(lambda: "NBR101" in codes(client, uris[1]), "NBR101 on the cell that was sent")
+    await asyncio.sleep(0.3)
+    assert codes(client, uris[0]) == []
+    assert not [m.message for m in client.log_messages if m.type == types.MessageType.Error]
+
+
+@pytest.mark.asyncio
 async def test_a_newer_version_supersedes_the_one_in_flight(client: LanguageClient, tmp_path):
     nb = OpenNotebook(client, tmp_path / "trainer.ipynb", [("code", t) for t in TRAINER_CELLS])
     await wait_for(lambda: "NBR101" in codes(client, nb.uris[1]), "NBR101 on cell 2")

@@ -91,7 +91,9 @@ class NotebookServer(LanguageServer):
         return self.workspace.text_documents.get(unquote(uri))
 
     def cell_text(self, cell: types.NotebookCell) -> CellText:
-        doc = self.workspace.get_text_document(cell.document)
+        doc = self.opened(cell.document)  # not `workspace.get_text_document`: for a cell the editor did not send, it reads the URI's file
+        if doc is None:  # a client that left a cell's text out: an empty cell
+            return CellText(cell.document, convert.cell_kind(cell.kind, None), "", None)
         return CellText(cell.document, convert.cell_kind(cell.kind, doc.language_id), doc.source, doc.version)
 
     def owner_of(self, uri: str) -> str:
