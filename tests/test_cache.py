@@ -55,7 +55,7 @@ def run(*args: str, cwd: Path, key_home: Path, debug: bool = False, env: dict | 
     if debug:
         environ["NBREFACTOR_CACHE_DEBUG"] = "1"
     environ.update(env or {})
-    return subprocess.run([sys.executable, *python, "-m", "nbrefactor", *args], cwd=cwd, capture_output=True, env=environ, timeout=300)
+    return subprocess.run([sys.executable, *python, "-m", "nbrefactor", *args], cwd=cwd, capture_output=True, env=environ, timeout=300, check=False)
 
 
 def analysed(result) -> list[str]:
@@ -130,6 +130,15 @@ def test_a_warm_run_analyses_nothing_and_imports_no_parser(project, key_home, op
     heavy = {m for m in imported if m.split(".")[0] in ("libcst", "jupytext", "nbformat", "codemods") or m in ("multiprocessing", "concurrent.futures.process")}
     assert not heavy, f"a warm run imported {sorted(heavy)}"
     assert warm.stdout == cold.stdout and warm.returncode == cold.returncode == 1
+
+
+def test_the_pre_commit_mode_is_cached_too(project, key_home):
+    names = ["seed.ipynb", "safe.ipynb", "trainer.ipynb", "logger.ipynb"]
+    cold = run("check", "--pre-commit", "--output-format", "github", *names, cwd=project, key_home=key_home, debug=True)
+    assert analysed(cold) == sorted(names)
+    warm = run("check", "--pre-commit", "--output-format", "github", *names, cwd=project, key_home=key_home, debug=True)
+    expect_analysed(warm, [])
+    assert (warm.returncode, warm.stdout) == (cold.returncode, cold.stdout) and cold.returncode == 1
 
 
 # --- what invalidates -------------------------------------------------------------------------
