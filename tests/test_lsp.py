@@ -425,6 +425,20 @@ async def test_unsafe_fixes_are_offered_only_when_enabled(client: LanguageClient
 
 
 @pytest.mark.asyncio
+async def test_a_configuration_change_without_settings_keeps_the_initialization_options(strict_client: LanguageClient, tmp_path):
+    """`workspace/didChangeConfiguration` with `settings: null` (a client that pulls its settings
+    says only that something changed) does not reset the settings to the defaults."""
+    cells = [("code", "import torch"), ("code", "ok = torch.cuda.is_available()\nx = torch.zeros(1).cuda()"), ("code", TRAINER_CELLS[2])]
+    nb = OpenNotebook(strict_client, tmp_path / "strict.ipynb", cells)
+    await wait_for(lambda: "NBR102" in codes(strict_client, nb.uris[1]), "NBR102 on cell 2")
+    assert codes(strict_client, nb.uris[1]) == ["NBR102"]  # ignore = ["NBR101"]
+    strict_client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    nb.edit_cell(1, "x = torch.zeros(1).cuda()")
+    await wait_for(lambda: "NBR102" not in codes(strict_client, nb.uris[1]), "the edit's diagnostics")
+    assert codes(strict_client, nb.uris[1]) == []  # NBR101 still ignored
+
+
+@pytest.mark.asyncio
 async def test_a_fix_that_needs_devices_is_offered_only_with_the_devices_setting(client: LanguageClient, tmp_path):
     cells = [("code", "import lightning as L\nfrom model import Model"),
              ("code", 'model = Model()\ntrainer = L.Trainer(accelerator="gpu", strategy="ddp_notebook")\ntrainer.fit(model)')]

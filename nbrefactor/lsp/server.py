@@ -367,6 +367,8 @@ def build() -> NotebookServer:
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def configuration_changed(ls: NotebookServer, params: types.DidChangeConfigurationParams):
+        if params.settings is None:  # a pull-model client's "something changed": nothing said, keep what was
+            return
         ls.settings = convert.client_settings(params.settings)
         for problem in ls.settings.problems:
             ls.log(f"nbrefactor: {problem}", types.MessageType.Warning)
