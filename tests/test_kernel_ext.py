@@ -466,11 +466,12 @@ def test_unload_takes_every_patch_out(monkeypatch):
 def test_check_offers_the_magic_fix_only_when_a_finding_has_one():
     """`%nbrefactor check` in history mode, in process: a finding that needs a manual fix is not sent
     to `%nbrefactor fix` (which would say "Nothing to fix"); one with a fix is, by the magic's name."""
+    from nbrefactor.config import Selection
     from nbrefactor.kernel import magics
 
     def checked(*cells: str) -> str:
         shell = types.SimpleNamespace(history_manager=types.SimpleNamespace(input_hist_raw=["", *cells]), user_ns={})
-        return magics.check(magics.notebook_source(shell, None, history=True))
+        return magics.check(magics.notebook_source(shell, None, history=True), Selection())
 
     fit = 'import lightning as L\ntrainer = L.Trainer(strategy="ddp_notebook", devices=2)\ntrainer.fit(model)'
     manual = checked("import torch", "def setup():\n    torch.cuda.init()", "setup()", fit)
@@ -479,3 +480,38 @@ def test_check_offers_the_magic_fix_only_when_a_finding_has_one():
     fixable = checked("import torch", "if torch.cuda.is_available():\n    model = Tiny().cuda()", fit)
     assert "NBR102" in fixable and "  help: fixable with `%nbrefactor fix`\n" in fixable, fixable
     assert fixable.endswith("`%nbrefactor fix` shows the fix."), fixable
+
+
+def _history_shell(*cells: str):
+    return types.SimpleNamespace(history_manager=types.SimpleNamespace(input_hist_raw=["", *cells]), user_ns={})
+
+
+def test_magics_read_the_projects_settings_and_never_show_a_traceback(tmp_path, monkeypatch, capsys):
+    """`%nbrefactor check` and `fix` use the `[tool.nbrefactor]` of the notebook's project (in history
+    mode: the kernel's working folder) as the CLI does; a bug of ours is one line, not a traceback."""
+    from nbrefactor.kernel import magics
+
+    shell = _history_shell("import torch", "if torch.cuda.is_available():\n    model = Tiny().cuda()",
+                           'import lightning as L\ntrainer = L.Trainer(strategy="ddp_notebook", devices=2)\ntrainer.fit(model)')
+    monkeypatch.chdir(tmp_path)
+    magics.run(shell, None, "check --history")
+    assert "NBR102" in capsys.readouterr().out
+    (tmp_path / "pyproject.toml").write_text('[tool.nbrefactor]\nignore = ["NBR1"]\n')
+    magics.run(shell, None, "check --history")
+    out = capsys.readouterr().out
+    assert "NBR1" not in out and "No multi-GPU problems found." in out, out
+    magics.run(shell, None, "fix --history")
+    assert "Nothing to fix." in capsys.readouterr().out
+    (tmp_path / "pyproject.toml").write_text("[tool.nbrefactor]\nignore = 3\n")
+    magics.run(shell, None, "check --history")
+    out = capsys.readouterr().out
+    assert out.startswith("%nbrefactor check: ") and "ignore must be a list of strings" in out and "Traceback" not in out, out
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    (tmp_path / "pyproject.toml").unlink()
+    monkeypatch.setattr(magics, "check", broken)
+    magics.run(shell, None, "check --history")
+    out = capsys.readouterr().out
+    assert out.strip() == "%nbrefactor check: internal error (KeyError: 'a bug'); please report it", out

@@ -73,26 +73,43 @@ def run(shell, state, line: str) -> None:
         if not source.notebook.is_python:
             print(f"{source.name}: the kernel language is {source.notebook.language}, not Python: nothing to check")
             return
+        settings = project_settings(source.folder)
         if command == "check":
-            print(check(source))
+            print(check(source, settings.selection()))
         else:
-            text, cells = fix(source, unsafe_fixes="--unsafe-fixes" in rest)
+            unsafe = "--unsafe-fixes" in rest or settings.unsafe_fixes
+            text, cells = fix(source, unsafe_fixes=unsafe, selection=settings.selection())
             print(text)
             if load is not None:
                 _load_cell(shell, cells, load)
     except NotebookError as err:  # a notebook nbrefactor cannot read: its one line, not a traceback
         print(f"%nbrefactor {command}: {err.one_line()}")
+    except Exception as err:  # noqa: BLE001 - a bug of ours: one line in the notebook, never a traceback there
+        print(f"%nbrefactor {command}: internal error ({type(err).__name__}: {err}); please report it")
+
+
+def project_settings(folder: str):
+    """`[tool.nbrefactor]` of the project the notebook is in (its folder; in history mode, the
+    kernel's working folder), as the CLI reads it: the selection, `unsafe-fixes` and the limits."""
+    from pathlib import Path
+
+    from nbrefactor import config, limits
+
+    settings = config.load_settings(Path(folder))
+    limits.configure(settings.limits)
+    return settings
 
 
 # --- what is checked ---------------------------------------------------------------------------
 
 
 class Source:
-    def __init__(self, notebook, name: str, history: bool, note: str):
+    def __init__(self, notebook, name: str, history: bool, note: str, folder: str):
         self.notebook = notebook  # nbrefactor's Notebook
         self.name = name  # how findings are placed: the file's name, or "" in history mode
         self.history = history
         self.note = note  # one line: what was checked
+        self.folder = folder  # where its project's settings are looked for
 
     def place(self, cell: int) -> str:
         return f"In [{cell}]" if self.history else f"{self.name}:cell {cell}"
@@ -107,7 +124,8 @@ def notebook_source(shell, state, history: bool = False) -> Source:
         notebook = read_notebook(path, read_file(path))
         name = os.path.basename(path)
         notebook.path = name
-        return Source(notebook, name, False, f"checked {path} as last saved (save it to include your latest edits)")
+        note = f"checked {path} as last saved (save it to include your latest edits)"
+        return Source(notebook, name, False, note, os.path.dirname(os.path.abspath(path)))
     cells = list(getattr(shell.history_manager, "input_hist_raw", None) or shell.user_ns.get("In", []))[1:]
     data = {
         "nbformat": 4,
@@ -121,18 +139,17 @@ def notebook_source(shell, state, history: bool = False) -> Source:
     text = json.dumps(data, indent=1) + "\n"
     notebook = read_notebook("kernel-history.ipynb", data=text.encode("utf-8"))
     why = "" if history else " (this kernel does not know its notebook file)"
-    return Source(notebook, "", True, f"checked the {len(cells)} cells run in this kernel so far, in the order they ran{why}")
+    note = f"checked the {len(cells)} cells run in this kernel so far, in the order they ran{why}"
+    return Source(notebook, "", True, note, os.getcwd())
 
 
 # --- check -----------------------------------------------------------------------------------
 
 
-def check(source: Source) -> str:
+def check(source: Source, selection) -> str:
     from nbrefactor.checker import check_notebook
-    from nbrefactor.config import Selection
     from nbrefactor.labels import hint, label
 
-    selection = Selection()
     result = check_notebook(source.notebook, selection)
     diagnostics = sorted(label(result, selection), key=lambda d: d.sort_key())
     lines = [source.note + ":"]
@@ -163,14 +180,13 @@ def _in_kernel(help: str, d) -> str:
 # --- fix -------------------------------------------------------------------------------------
 
 
-def fix(source: Source, unsafe_fixes: bool = False) -> tuple[str, list[tuple[str, str]]]:
+def fix(source: Source, unsafe_fixes: bool, selection) -> tuple[str, list[tuple[str, str]]]:
     """The diff and the fixed cells as text, and the fixed cells as (place, source)."""
     from nbrefactor.celldiff import cell_diff
-    from nbrefactor.config import Selection
     from nbrefactor.fixer import fix_notebook
     from nbrefactor.report import text_line
 
-    result = fix_notebook(source.notebook, unsafe_fixes=unsafe_fixes, selection=Selection())
+    result = fix_notebook(source.notebook, unsafe_fixes=unsafe_fixes, selection=selection)
     lines = [source.note.replace("checked", "fixed in memory", 1) + "; nothing was written:"]
     cells: list[tuple[str, str]] = []
     if result.changed:
