@@ -8,7 +8,8 @@ and a fix to make (the notebooks of tests/hostile.py):
 (a) cells: N cells of `x{i} = {i}` / `print(x{i})`
 (b) lines: one cell of N lines `x{i} = {i}`
 
-Each notebook goes through `python -m nbrefactor check` and `fix --unsafe-fixes` (on a fresh copy),
+Each notebook goes through `python -m nbrefactor check --no-cache` (cold: the results cache would
+answer a repeat from disk) and `fix --unsafe-fixes` (on a fresh copy),
 each in a fresh process: wall time and that process's peak memory (from `os.wait4`). The
 `s per 1k` column takes off the start-up (`check` on a one-cell notebook); linear work keeps it
 flat across a shape's sizes. With ruff installed (`ruff` on PATH, or `python -m ruff`), `ruff check`
@@ -80,7 +81,7 @@ def run_series(folder: Path, shapes: list[tuple[str, int, str]], repeat: int) ->
             ruff_s = statistics.median(
                 measure([*ruff, "check", "--no-cache", "--isolated", "--exit-zero", str(source)], folder)[0] for _ in range(repeat)
             )
-        for command in (["check"], ["fix", "--unsafe-fixes"]):
+        for command in (["check", "--no-cache"], ["fix", "--unsafe-fixes"]):
             runs = []
             for _ in range(repeat):
                 target = folder / f"run_{shape}_{size}.ipynb"
@@ -109,7 +110,7 @@ def main() -> None:
         folder = Path(tmp)
         tiny = folder / "tiny.ipynb"
         tiny.write_text(_nb(HEAD), encoding="utf-8")
-        startup = statistics.median(measure([PY, "-m", "nbrefactor", "check", str(tiny)], folder)[0] for _ in range(max(3, args.repeat)))
+        startup = statistics.median(measure([PY, "-m", "nbrefactor", "check", "--no-cache", str(tiny)], folder)[0] for _ in range(max(3, args.repeat)))
         rows = run_series(folder, shapes, args.repeat)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
