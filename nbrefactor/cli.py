@@ -206,11 +206,15 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
     settings = _settings(isolated, select, extend_select, ignore, quiet, known_codes)
     selection = settings.selection()
     cache = opened[0] if opened else None
+    # Fix labels (which findings `fix` fixes, with which flags) are what most of a check costs: the
+    # fixer is run in memory. Only what prints them asks for them: the summary line, JSON, SARIF,
+    # --statistics; `-q` and GitHub annotations print none.
+    labels = statistics or output_format in ("json", "sarif") or (output_format in ("text", "concise") and not quiet)
     if cache is not None:
         import dataclasses
 
         cache.settle({"select": selection.select, "ignore": selection.ignore, "limits": dataclasses.asdict(settings.limits),
-                      "include_scripts": include_scripts or settings.include_scripts, "cwd": os.getcwd(),
+                      "include_scripts": include_scripts or settings.include_scripts, "cwd": os.getcwd(), "labels": labels,
                       # where jupytext configurations are looked for (nbrefactor/notebook/jupytext_settings.py)
                       "env": [os.environ.get(v) for v in ("JUPYTEXT_CEILING_DIRECTORIES", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "USERPROFILE", "ALLUSERSPROFILE", "HOME")]})
 
@@ -219,7 +223,7 @@ def check(paths, output_format, select, extend_select, ignore, exit_zero, statis
         _error(err.one_line())
     diagnostics = []
     checked = scripts = 0
-    for outcome in _cached_outcomes(files, stdin_filename, selection, cache):
+    for outcome in _cached_outcomes(files, stdin_filename, selection, cache, labels):
         for note in outcome.notes:
             _note(note, quiet)
         if outcome.error is not None:
@@ -349,15 +353,19 @@ def _open_cache(settings):
     return _cache.Cache.open(root, folder)
 
 
-def _cached_outcomes(files, stdin_filename, selection, cache):
+def _cached_outcomes(files, stdin_filename, selection, cache, labels: bool = True):
     """`_check_file` for every file, in order: what the cache holds is taken from it (in this
-    process, before any worker is forked), the rest is checked and stored."""
+    process, before any worker is forked), the rest is checked and stored. `labels=False`: the
+    findings are not labelled with what `fix` does (nothing printed shows it)."""
+    import functools
+
+    work = functools.partial(_check_file, labels=labels)
     if cache is None:
-        yield from _map_files(_check_file, files, stdin_filename, selection)
+        yield from _map_files(work, files, stdin_filename, selection)
         return
     probes = [cache.probe(f) for f in files]
     found = [_FileOutcome.from_cache(cache.lookup(p)) for p in probes]
-    computed = _map_files(_check_file, [f for f, o in zip(files, found) if o is None], stdin_filename, selection)
+    computed = _map_files(work, [f for f, o in zip(files, found) if o is None], stdin_filename, selection)
     for probe, outcome in zip(probes, found):
         if outcome is None:
             outcome = next(computed)
@@ -367,7 +375,7 @@ def _cached_outcomes(files, stdin_filename, selection, cache):
     cache.prune()
 
 
-def _check_file(path, stdin_filename, selection) -> _FileOutcome:
+def _check_file(path, stdin_filename, selection, labels: bool = True) -> _FileOutcome:
     """One file's outcome, whatever happens: the work runs within the limits (nbrefactor.limits),
     and anything it raises is an error for this file while the other files are still checked."""
     from nbrefactor import limits
@@ -375,7 +383,7 @@ def _check_file(path, stdin_filename, selection) -> _FileOutcome:
     if os.environ.get("NBREFACTOR_CACHE_DEBUG"):
         click.echo(f"cache: analysing {path}", err=True)
     try:
-        return limits.bounded(str(path), _check_one, path, stdin_filename, selection)
+        return limits.bounded(str(path), _check_one, path, stdin_filename, selection, labels)
     except NotebookError as err:
         return _FileOutcome(error=err)
     except Exception as err:  # noqa: BLE001 - a bug must not look like findings (exit 1) or crash the run
@@ -394,7 +402,7 @@ def internal_error(path, err: BaseException) -> NotebookError:
     return NotebookError(path, f"internal error, please report it: {type(err).__name__}{': ' + detail if detail else ''} (NBREFACTOR_TRACEBACK=1 shows where)")
 
 
-def _check_one(path, stdin_filename, selection) -> _FileOutcome:
+def _check_one(path, stdin_filename, selection, labels: bool = True) -> _FileOutcome:
     from nbrefactor.checker import check_notebook, context_of
     from nbrefactor.notebook.pairs import PairOutsideFolder
 
@@ -427,7 +435,8 @@ def _check_one(path, stdin_filename, selection) -> _FileOutcome:
     for w in result.warnings:
         row = f":{w.row}" if w.row else ""
         out.notes.append(f"{_where(name, notebook, w.cell)}{row}: {w.message}")
-    if result.diagnostics:  # labelling asks the fixer (libcst): not for a clean notebook
+    out.diagnostics = result.diagnostics
+    if result.diagnostics and labels:  # labelling asks the fixer (libcst): not for a clean notebook
         from nbrefactor.labels import label
 
         out.diagnostics = label(result, selection)  # what `fix` will really do

@@ -163,3 +163,34 @@ def test_clean_notebooks_are_not_fixed_in_memory(monkeypatch):
     only_manual = notebook_from_cells(split_example(DEVICES_AND_TWICE))
     labelled = label(check_notebook(only_manual, Selection(select=("NBR303",))), Selection(select=("NBR303",)))
     assert [d.applicability for d in labelled] == ["none"]
+
+
+def test_quiet_check_does_not_run_the_fixer_and_its_cached_results_are_not_served_to_a_labelled_run(tmp_path):
+    """`check -q` (and GitHub annotations) print no fix labels, so they do not ask the fixer (most
+    of a check's time); a later run that prints labels does not take those unlabelled results from
+    the results cache."""
+    import subprocess
+    import sys
+
+    shutil.copy(TRAINER, tmp_path / "trainer_bad.ipynb")
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['nbrefactor', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('nbrefactor', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('FIXER' if 'nbrefactor.fixer' in sys.modules else 'NO FIXER', file=sys.stderr)\n"
+    )
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", probe, "check", *args, "trainer_bad.ipynb"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+    quiet = run("-q")
+    assert "NBR401" in quiet.stdout and quiet.stderr.strip().endswith("NO FIXER"), quiet.stderr
+    assert run("--output-format", "github").stderr.strip().endswith("NO FIXER")
+    full = run()
+    assert full.stderr.strip().endswith("FIXER") and "NO FIXER" not in full.stderr
+    assert "fixable with `nbrefactor fix`" in full.stdout and "0 fixable" not in full.stdout, full.stdout
+    assert quiet.stdout.splitlines() == full.stdout.splitlines()[:-1]  # the same findings, less the summary
