@@ -323,10 +323,12 @@ class Cache:
         absolute = os.path.abspath(path)
         if not _is_under(os.path.realpath(absolute), self.root):
             return None
-        try:
-            with open(absolute, "rb") as f:
-                data = f.read()
-        except OSError:
+        from nbrefactor.errors import NotebookError
+        from nbrefactor.notebook.model import read_file
+
+        try:  # as the check reads it: a FIFO or a device is refused unopened, a file beyond the size limit unread
+            data = read_file(absolute)
+        except (OSError, NotebookError):
             return None  # the check reports it
         digest = hashlib.sha256(data).hexdigest()
         p = Path(path)
