@@ -169,11 +169,15 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _sha256_file(path: str) -> str | None:
+def file_sha256(path) -> str | None:
+    """The sha256 of a file read as the check reads it (`read_file`: a FIFO or a device is refused
+    unopened, a file past the size limit unread); None when it cannot be read so."""
+    from nbrefactor.errors import NotebookError
+    from nbrefactor.notebook.model import read_file
+
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_file(path)).hexdigest()
+    except (OSError, NotebookError):
         return None
 
 
@@ -415,7 +419,7 @@ class Cache:
                     return False
             except (OSError, KeyError, TypeError):
                 return False
-            if _sha256_file(p) != digest:
+            if file_sha256(p) != digest:
                 return False
         return True
 
@@ -470,7 +474,7 @@ class Cache:
 
 def dep_of(path: str, data: bytes | None = None, with_mtime: bool = True) -> dict:
     """One file a result came from, as `Cache.store` records it."""
-    entry = {"path": os.path.abspath(path), "sha256": hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(path)}
+    entry = {"path": os.path.abspath(path), "sha256": hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)}
     if with_mtime:
         entry["mtime_ns"] = os.stat(path).st_mtime_ns
     return entry

@@ -263,8 +263,7 @@ def clean():
     from nbrefactor.config import load_settings
 
     settings = load_settings(Path.cwd())
-    root = settings.source.parent if settings.source is not None else Path.cwd()
-    removed = _cache.clean(root, settings.cache_dir, settings.source)
+    removed = _cache.clean(_project_root(settings), settings.cache_dir, settings.source)
     click.echo(f"Removed the cache at {removed}" if removed else "No cache to remove.", err=True)
 
 
@@ -345,12 +344,19 @@ class _LazyRuleCodes:
 def _open_cache(settings):
     """The results cache of this project, or None when it cannot be used (the run goes on uncached)."""
     from nbrefactor import cache as _cache
+
+    root = _project_root(settings)
+    folder = _cache.cache_folder(root, settings.cache_dir, settings.source)  # a cache-dir outside the project: an error
+    return _cache.Cache.open(root, folder)
+
+
+def _project_root(settings) -> Path:
+    """The folder of the project's pyproject.toml (the one the settings came from, else the nearest
+    above the current folder), or the current folder: where the results cache lives."""
     from nbrefactor.config import find_pyproject
 
     source = settings.source or find_pyproject(Path.cwd())
-    root = source.parent if source is not None else Path.cwd()
-    folder = _cache.cache_folder(root, settings.cache_dir, settings.source)  # a cache-dir outside the project: an error
-    return _cache.Cache.open(root, folder)
+    return source.parent if source is not None else Path.cwd()
 
 
 def _cached_outcomes(files, stdin_filename, selection, cache, labels: bool = True):
@@ -418,7 +424,9 @@ def _check_one(path, stdin_filename, selection, labels: bool = True) -> _FileOut
             notebook, name, pair = read_notebook(path, data), str(path), None
     except NotANotebook as err:
         out.notes.append(f"{err.one_line()}; skipped")
-        out.sha256 = _sha256_of(path)
+        from nbrefactor.cache import file_sha256
+
+        out.sha256 = file_sha256(path)
         return out
     except NotebookError as err:
         out.error = err
@@ -441,15 +449,6 @@ def _check_one(path, stdin_filename, selection, labels: bool = True) -> _FileOut
 
         out.diagnostics = label(result, selection)  # what `fix` will really do
     return out
-
-
-def _sha256_of(path) -> str | None:
-    import hashlib
-
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def _cache_facts(path, data: bytes, pair) -> tuple[str, list | None]:
