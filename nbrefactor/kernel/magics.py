@@ -36,52 +36,57 @@ def register(shell, state) -> None:
     state.undo.append(undo)
 
 
-def run(shell, state, line: str) -> None:
+_OPTIONS = {"check": {"--history"}, "fix": {"--history", "--unsafe-fixes", "--load"}, "status": set()}
+
+
+def parse(line: str) -> tuple[str, set[str], int | None]:
+    """(command, its flags, the fixed cell `--load` names: 0 for the first, None without it);
+    raises ValueError with the line to print."""
     try:
         words = shlex.split(line)
     except ValueError as err:
-        print(f"%nbrefactor: {err}\n{USAGE}")
-        return
+        raise ValueError(f"%nbrefactor: {err}\n{USAGE}") from None
     command, options = (words[0], words[1:]) if words else ("status", [])
-    known = {"check": {"--history"}, "fix": {"--history", "--unsafe-fixes", "--load"}, "status": set()}
-    if command not in known:
-        print(USAGE)
-        return
+    if command not in _OPTIONS:
+        raise ValueError(USAGE)
+    flags: set[str] = set()
     load = None
-    rest = []
-    i = 0
-    while i < len(options):
-        word = options[i]
-        if word == "--load":
+    for i, word in enumerate(options):
+        if word.isdigit() and i and options[i - 1] == "--load":
+            load = int(word)
+        elif word not in _OPTIONS[command]:
+            raise ValueError(f"%nbrefactor {command}: unknown option {word}\n{USAGE}")
+        elif word == "--load":
             load = 0
-            if i + 1 < len(options) and options[i + 1].isdigit():
-                load = int(options[i + 1])
-                i += 1
-        elif word not in known[command]:
-            print(f"%nbrefactor {command}: unknown option {word}\n{USAGE}")
-            return
         else:
-            rest.append(word)
-        i += 1
+            flags.add(word)
+    return command, flags, load
+
+
+def run(shell, state, line: str) -> None:
+    try:
+        command, flags, load = parse(line)
+    except ValueError as err:
+        print(err)
+        return
     if command == "status":
         print(status(state))
         return
     from nbrefactor.errors import NotebookError
 
     try:
-        source = notebook_source(shell, state, history="--history" in rest)
+        source = notebook_source(shell, state, history="--history" in flags)
         if not source.notebook.is_python:
             print(f"{source.name}: the kernel language is {source.notebook.language}, not Python: nothing to check")
             return
         settings = project_settings(source.folder)
         if command == "check":
             print(check(source, settings.selection()))
-        else:
-            unsafe = "--unsafe-fixes" in rest or settings.unsafe_fixes
-            text, cells = fix(source, unsafe_fixes=unsafe, selection=settings.selection())
-            print(text)
-            if load is not None:
-                _load_cell(shell, cells, load)
+            return
+        text, cells = fix(source, unsafe_fixes="--unsafe-fixes" in flags or settings.unsafe_fixes, selection=settings.selection())
+        print(text)
+        if load is not None:
+            _load_cell(shell, cells, load)
     except NotebookError as err:  # a notebook nbrefactor cannot read: its one line, not a traceback
         print(f"%nbrefactor {command}: {err.one_line()}")
     except Exception as err:  # noqa: BLE001 - a bug of ours: one line in the notebook, never a traceback there
