@@ -63,6 +63,19 @@ class _Definition:
     reads_later: set[str] = field(default_factory=set)  # a class's other methods
     binds_when_called: set[str] = field(default_factory=set)  # `global x; x = ...`
     read_before_assigned: dict[str, int] = field(default_factory=dict)  # local -> line (UnboundLocalError)
+    _first_reads: dict[str, int] | None = field(default=None, repr=False, compare=False)  # name -> line, one walk
+
+    def first_read(self, name: str) -> int:
+        """The line where the body first reads `name` (the definition's line if it never does):
+        every name's first read found in one walk of the definition, not one walk per name."""
+        if self._first_reads is None:
+            self._first_reads = {}
+            for n in ast.walk(self.node):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+                    line = self._first_reads.get(n.id)
+                    if line is None or n.lineno < line:
+                        self._first_reads[n.id] = n.lineno
+        return self._first_reads.get(name, getattr(self.node, "lineno", 1))
 
 
 @functools.lru_cache(maxsize=8)  # one pass's "after" is the next pass's "before"
@@ -364,7 +377,9 @@ class _Walk:
             if name in self.definitions and name not in seen:
                 self.call(self.definitions[name], self.bound, seen | {d.name})
             return
-        self.report(Unbound(name, _first_read(d.node, name), d.name))
+        if self.star or _always_bound(name):
+            return  # never reported: the line of its first read is not looked for (a walk of `d`)
+        self.report(Unbound(name, d.first_read(name), d.name))
 
     def report(self, u: Unbound) -> None:
         if self.star or _always_bound(u.name):
@@ -385,8 +400,3 @@ class _BoundBefore:
     def __contains__(self, name: object) -> bool:
         order = self.bound.get(name)
         return (order is not None and order < self.limit) or name in self.own
-
-
-def _first_read(node: ast.AST, name: str) -> int:
-    lines = [n.lineno for n in ast.walk(node) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
-    return min(lines, default=getattr(node, "lineno", 1))
