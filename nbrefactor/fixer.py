@@ -171,11 +171,18 @@ def _check_after(current: Notebook, selection: Selection, step) -> NotebookCheck
     """The check of `current`; after a fix `step`, the module the codemod built is analysed
     instead of parsing the same code again, where the cells join to exactly that code."""
     if step is None:
-        return check_notebook(current, selection)
-    from nbrefactor.notebook.join import parsed_as
+        check = check_notebook(current, selection)
+    else:
+        from nbrefactor.notebook.join import parsed_as
 
-    with parsed_as(step.code, step.module):
-        return check_notebook(current, selection)
+        with parsed_as(step.code, step.module):
+            check = check_notebook(current, selection)
+    if check.facts is not None and check.facts._code is None:
+        # The module was parsed from the joined code, or is the codemod's module that printed as
+        # exactly that code: libcst prints a module as the text it came from, so the facts take
+        # that text instead of printing the module again (the codemods and the gate read it).
+        check.facts._code = check.joined.code
+    return check
 
 
 class _InMemory(str):
