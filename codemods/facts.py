@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from codemods import names as N
+from codemods.fast_tree import source_of
 from codemods.walk import children, contains, walk
 from codemods.cells import NUMBERED_MARKER, cell_after
 
@@ -1037,7 +1038,7 @@ def _names_in(node: cst.CSTNode) -> set[str]:
 
 
 def _short(expr: cst.BaseExpression) -> str:
-    text = cst.Module([]).code_for_node(expr)
+    text = source_of(expr)
     return text if len(text) <= 30 else text[:27] + "..."
 
 

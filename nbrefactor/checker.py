@@ -48,18 +48,33 @@ class NotebookCheck:
     facts: object | None = None
 
 
-def parse_joined(notebook: Notebook) -> tuple[JoinedNotebook, cst.Module, list[CellWarning]]:
+def parse_joined(notebook: Notebook, *, for_reading: bool = False) -> tuple[JoinedNotebook, cst.Module, list[CellWarning]]:
+    """The joined notebook, its module and the warnings for cells that are not Python.
+
+    `for_reading`: the module is only read (a check's findings): it is built from the `ast` the
+    join already made (`codemods.fast_tree`), not parsed by libcst, when the builder can."""
     import libcst as cst
 
-    from nbrefactor.notebook.join import join
+    from nbrefactor.notebook.join import join, parse_module
 
-    joined = join(notebook)
+    joined = join(notebook, for_reading=True)
+    module = None
+    if for_reading:
+        from codemods.fast_tree import build
+
+        module = build(joined.code, [(c.first_line - 1, c.tree) for c in joined.cells if c.tree is not None])
+    if module is None:  # not for reading, or the builder is not sure: libcst parses the module
+        parse_module(joined)
+    else:
+        for c in joined.cells:
+            c.tree = None
     warnings = [
         CellWarning(notebook.path, c.index + 1, c.parse_error_line, f"cell skipped, not Python: {c.parse_error}")
         for c in joined.opaque_cells
         if not c.parse_error.startswith("cell magic")  # another language on purpose: nothing to say
     ]
-    module = joined.module if joined.module is not None else cst.parse_module(joined.code)
+    if module is None:
+        module = joined.module if joined.module is not None else cst.parse_module(joined.code)
     return joined, module, warnings
 
 
@@ -84,18 +99,27 @@ def reusing_checks(*seed: NotebookCheck, selection: Selection):
         _reused = outer
 
 
+def _rewritable(check: NotebookCheck) -> bool:
+    from codemods.fast_tree import BuiltModule
+
+    return not isinstance(check.module, BuiltModule)
+
+
 def _selection_key(selection: Selection):
     return (tuple(selection.select), tuple(selection.ignore))
 
 
-def check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
+def check_notebook(notebook: Notebook, selection: Selection, *, for_reading: bool = False) -> NotebookCheck:
+    """The notebook's findings. `for_reading`: the caller reads the findings only and never hands
+    the result's module or facts to a codemod (they may be built from `ast`, `codemods.fast_tree`,
+    and do not print back as the source)."""
     if _reused is None:
         with collector_paused(notebook):
-            return _check_notebook(notebook, selection)
+            return _check_notebook(notebook, selection, for_reading)
     key = (notebook.path, notebook.raw, _selection_key(selection))
-    if key not in _reused:
+    if key not in _reused or not (for_reading or _rewritable(_reused[key])):
         with collector_paused(notebook):
-            _reused[key] = _check_notebook(notebook, selection)
+            _reused[key] = _check_notebook(notebook, selection, for_reading)
     hit = _reused[key]
     return NotebookCheck(notebook, list(hit.diagnostics), list(hit.warnings), hit.joined, hit.module, hit.facts)
 
@@ -137,14 +161,14 @@ def context_of(notebook: Notebook) -> str:
     return getattr(notebook, "context", "notebook")
 
 
-def _check_notebook(notebook: Notebook, selection: Selection) -> NotebookCheck:
+def _check_notebook(notebook: Notebook, selection: Selection, for_reading: bool = False) -> NotebookCheck:
     result = NotebookCheck(notebook)
     if not any(_RELEVANT.search(c.source) for c in notebook.code_cells):
         return result
     from codemods.facts import analyse
     from codemods.rules import ALL_RULES, Finding
 
-    joined, module, warnings = parse_joined(notebook)
+    joined, module, warnings = parse_joined(notebook, for_reading=for_reading)
     result.joined, result.module, result.warnings = joined, module, warnings
     facts = analyse(module)
     result.facts = facts
@@ -210,6 +234,11 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
 
     from codemods.walk import walk
 
+    position = getattr(module, "position", None)  # a module built from `ast` knows its nodes' places
+    if position is not None:
+        known = {n: position(n) for n in nodes}
+        if all(span is not None for span in known.values()):
+            return known
     owner = {id(n): owners[id(n)] for n in nodes if owners and id(n) in owners}
     wanted = {id(n) for n in nodes} - set(owner)
     for index, stmt in enumerate(module.body):  # the rest: arguments, calls in function bodies

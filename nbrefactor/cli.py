@@ -437,7 +437,7 @@ def _check_one(path, stdin_filename, selection, labels: bool = True) -> _FileOut
         out.notes.append(f"{name}: skipped, the kernel language is {notebook.language}")
         return out
     notebook.path = name
-    result = check_notebook(notebook, selection)
+    result = check_notebook(notebook, selection, for_reading=True)
     out.checked = True
     out.script = context_of(notebook) == "script"
     for w in result.warnings:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from codemods import names as N
+from codemods.fast_tree import source_of
 from codemods.facts import NotebookFacts, qualified_name, scan
 from codemods.rules.base import Applicability, Finding, FixAvailability, Invalid, Rule
 
@@ -58,7 +59,7 @@ def forks(trainer: cst.Call, env) -> str | None:
             return "a `DDPStrategy`"
     devices = N.call_arg(trainer, "devices")
     if devices is not None and _several_devices(devices.value):
-        return f"devices={cst.Module([]).code_for_node(devices.value)}"
+        return f"devices={source_of(devices.value)}"
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from codemods import names as N
+from codemods.fast_tree import source_of
 from codemods.facts import NotebookFacts, runs_before
 from codemods.rules.base import (
     Applicability,
@@ -58,7 +59,7 @@ class _Downloads(cst.CSTVisitor):
 
 
 def _guarding(expr: cst.BaseExpression) -> bool:
-    text = cst.Module(body=[]).code_for_node(expr)
+    text = source_of(expr)
     return any(word in text for word in _RANK_GUARDS)
 
 

@@ -155,7 +155,7 @@ def check(source: Source, selection) -> str:
     from nbrefactor.checker import check_notebook
     from nbrefactor.labels import hint, label
 
-    result = check_notebook(source.notebook, selection)
+    result = check_notebook(source.notebook, selection, for_reading=True)
     diagnostics = sorted(label(result, selection), key=lambda d: d.sort_key())
     lines = [source.note + ":"]
     for d in diagnostics:

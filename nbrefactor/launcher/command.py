@@ -233,7 +233,7 @@ def _static(notebook):
     from nbrefactor.config import Selection
 
     try:
-        return check_notebook(notebook, Selection()).diagnostics, None
+        return check_notebook(notebook, Selection(), for_reading=True).diagnostics, None
     except Exception as err:  # the run still says what happened
         return [], f"{type(err).__name__}: {err}"
 

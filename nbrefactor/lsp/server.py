@@ -252,7 +252,7 @@ def read_and_check(snapshot: Snapshot, options: Options):
         notebook = convert.notebook_of_cells(snapshot.cells, name)
     else:
         notebook = convert.notebook_of_script(name, snapshot.text)
-    return notebook, check_notebook(notebook, options.selection)
+    return notebook, check_notebook(notebook, options.selection, for_reading=True)
 
 
 def problem_text(err: Exception) -> str:

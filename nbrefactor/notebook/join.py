@@ -52,6 +52,7 @@ class CellInModule:
     opaque: bool = False  # not Python: kept out of the module, restored verbatim
     parse_error: str | None = None
     parse_error_line: int | None = None
+    tree: ast.Module | None = field(default=None, repr=False, compare=False)  # CPython's, when asked to keep it
 
 
 @dataclass
@@ -142,9 +143,10 @@ class _TooDeep(Exception):
         self.line = line
 
 
-def _parses(source: str) -> tuple[bool, str | None, int | None]:
-    """(parses, error, error line) for a cell's source; raises `_TooDeep` when it is Python nested
-    deeper than the nesting limit (or than CPython's parser takes)."""
+def _parses(source: str) -> tuple[str | None, int | None, ast.Module | None]:
+    """(error, error line, None) for a cell's source that is not Python, (None, None, its `ast`)
+    for one that is; raises `_TooDeep` when it is Python nested deeper than the nesting limit (or
+    than CPython's parser takes)."""
     from nbrefactor.limits import deepest_line
 
     try:
@@ -152,13 +154,13 @@ def _parses(source: str) -> tuple[bool, str | None, int | None]:
             warnings.simplefilter("ignore")
             tree = compile(source, "<cell>", "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     except (SyntaxError, ValueError) as err:  # ValueError: null bytes
-        return False, getattr(err, "msg", str(err)), getattr(err, "lineno", None)
+        return getattr(err, "msg", str(err)), getattr(err, "lineno", None), None
     except (RecursionError, MemoryError):  # CPython's parser: "too complex", or its stack overflowed
         raise _TooDeep(None) from None
     line = deepest_line(tree, source)
     if line is not None:
         raise _TooDeep(line)
-    return True, None, None
+    return None, None, tree
 
 
 def _escape(source: str, magics: list[str]) -> str:
@@ -184,8 +186,12 @@ def _cell_magic(source: str) -> str | None:
     return None
 
 
-def join(notebook: Notebook) -> JoinedNotebook:
-    """One Python module for the notebook's code cells (see the module docstring)."""
+def join(notebook: Notebook, *, for_reading: bool = False) -> JoinedNotebook:
+    """One Python module for the notebook's code cells (see the module docstring).
+
+    `for_reading`: the caller only reads the code (`check`): each cell keeps the `ast` the join
+    made of it (`codemods.fast_tree` builds the analysis's tree from them), and libcst does not
+    parse the module (a cell libcst would reject is then not made opaque here)."""
     parts: list[str] = []
     cells: list[CellInModule] = []
     magics: list[str] = []
@@ -207,7 +213,8 @@ def join(notebook: Notebook) -> JoinedNotebook:
         line += info.n_lines
         cells.append(info)
     joined = JoinedNotebook(notebook, "".join(parts), cells, magics)
-    _make_unparsable_cells_opaque(joined)
+    if not for_reading:
+        parse_module(joined)
     return joined
 
 
@@ -220,12 +227,12 @@ def _prepare_cell(source: str, magics: list[str]) -> tuple[str, CellInModule]:
     if "\r" in source.replace("\r\n", ""):
         info.opaque, info.parse_error = True, "bare carriage returns in the source"
         return "", info
-    ok, err, err_line = _parses(source)
-    if ok:
+    err, err_line, info.tree = _parses(source)
+    if info.tree is not None:
         return source, info
     escaped = _escape(source, magics)
-    ok, err2, err_line2 = _parses(escaped)
-    if ok:
+    err2, err_line2, info.tree = _parses(escaped)
+    if info.tree is not None:
         return escaped, info
     info.opaque, info.parse_error, info.parse_error_line = True, err2 or err, err_line2 or err_line
     return "", info
@@ -257,6 +264,13 @@ def _one_node_per_place(module: cst.Module) -> bool:
             return False
         seen.add(id(node))
     return True
+
+
+def parse_module(joined: JoinedNotebook) -> None:
+    """libcst's module for a join made `for_reading` (its cells' trees are dropped)."""
+    for info in joined.cells:
+        info.tree = None
+    _make_unparsable_cells_opaque(joined)
 
 
 def _make_unparsable_cells_opaque(joined: JoinedNotebook) -> None:

@@ -179,7 +179,7 @@ def check(req: Request) -> dict:
             "skipped": f"the kernel language is {notebook.language}, not Python: nothing to check",
             "summary": "not a Python notebook: nothing to check",
         }
-    result = check_notebook(notebook, _selection(req))
+    result = check_notebook(notebook, _selection(req), for_reading=True)
     diagnostics = [_diagnostic(d, ids, req.name) for d in sorted(result.diagnostics, key=lambda d: d.sort_key())]
     return {
         "diagnostics": diagnostics,
