@@ -58,12 +58,66 @@ def _one_pass(check: NotebookCheck, options, refused: list[str]):
 
 
 def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
-    """id(node) -> the 1-based cell of each node, positions measured only where the nodes are
-    (`node_positions`), not over the whole module."""
+    """id(node) -> the 1-based cell of each node.
+
+    A node inside a top-level statement whose lines (after its leading blank and comment lines)
+    all lie in one cell is in that cell: the statement's lines are counted as `node_positions`
+    counts them, without resolving libcst's positions inside the statement (most of the cost).
+    The other nodes (a statement across a cell marker, a node outside every statement) are
+    placed by `node_positions`."""
     if not nodes:
         return {}
-    positions = node_positions(check.module, nodes, joined=check.joined)
-    return {id(n): check.joined.locate(positions[n].start.line)[0] + 1 for n in nodes}
+    module, joined = check.module, check.joined
+    out: dict[int, int] = {}
+    if getattr(module, "position", None) is None:
+        out = _cells_by_statement(module, joined, nodes)
+    rest = [n for n in nodes if id(n) not in out]
+    if rest:
+        positions = node_positions(module, rest, joined=joined)
+        out.update({id(n): joined.locate(positions[n].start.line)[0] + 1 for n in rest})
+    return out
+
+
+def _cells_by_statement(module, joined, nodes: list) -> dict[int, int]:
+    from codemods.walk import walk
+    from nbrefactor.checker import _marker_lines, _marker_start
+
+    wanted = {id(n) for n in nodes}
+    owned: dict[int, list[int]] = {}  # statement index -> ids of the nodes inside it
+    for index, stmt in enumerate(module.body):
+        if not wanted:
+            break
+        found = [id(n) for n in walk(stmt) if id(n) in wanted]
+        if found:
+            owned[index] = found
+            wanted.difference_update(found)
+    out: dict[int, int] = {}
+    markers = _marker_lines(joined)
+    body = module.body
+    line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
+    for index in sorted(owned):
+        if markers:  # the nearest statement at or before this one that opens with a cell marker
+            j = index
+            while j > at:
+                start = _marker_start(body[j], markers)
+                if start is not None:
+                    line, at = start, j
+                    break
+                j -= 1
+        while at < index:
+            line += module.code_for_node(body[at]).count("\n")
+            at += 1
+        stmt = body[index]
+        n_lines = module.code_for_node(stmt).count("\n")
+        first, last = line + len(getattr(stmt, "leading_lines", ())), line + n_lines - 1
+        line, at = line + n_lines, index + 1
+        try:
+            cell = joined.locate(first)[0] if first <= last else None
+            if cell is not None and joined.locate(last)[0] == cell:
+                out.update(dict.fromkeys(owned[index], cell + 1))
+        except ValueError:  # before the first cell (never expected): `node_positions` says
+            pass
+    return out
 
 
 def _without_leading_blank_lines(sources: dict[int, str], notebook: Notebook) -> dict[int, str]:
