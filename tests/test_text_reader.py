@@ -210,10 +210,11 @@ def test_tricky_cases_are_mostly_read_fast():
     read = {name for name, text in CASES.items() if agrees(text)}
     must = {"percent_basic", "percent_magics", "percent_triple_quoted_marker", "percent_with_header", "percent_crlf",
             "percent_no_trailing_newline", "light_markers", "light_blank_line_cells", "light_magics", "light_with_header",
-            "light_plain_script", "light_string_with_blank_lines", "percent_fenced_block_in_markdown"}
+            "light_plain_script", "light_string_with_blank_lines", "percent_fenced_block_in_markdown",
+            "percent_tags_metadata", "percent_json_metadata", "percent_language_html"}
     assert must <= read, must - read
     # what the fast reader must leave to jupytext
-    for name in ("percent_tags_metadata", "percent_json_metadata", "hydrogen", "header_other_keys",
+    for name in ("hydrogen", "header_other_keys",
                  "header_format_options", "header_r_kernel", "shebang", "sphinx", "vscode_regions"):
         assert fast_text.read(CASES[name], ".py") is None, name
 
@@ -256,6 +257,209 @@ def test_generated_notebooks_read_as_jupytext_reads_them(cells, fmt, header):
 @given(lines=st.lists(_LINES, max_size=25), crlf=st.booleans())
 def test_arbitrary_line_soup_reads_as_jupytext_reads_it(lines, crlf):
     agrees(("\r\n" if crlf else "\n").join(lines))
+
+
+# --- cell options (key=value, JSON, titles, languages) -----------------------------------------
+
+# Option texts as they follow `# %%` or `# +`. Each must be declined or read exactly as jupytext
+# reads it, in both formats and with several cell bodies.
+OPTIONS = [
+    "", "Title", "  Title with  spaces  ", "[markdown]", "Title [markdown]", "[md] Title", "[raw]", "%% sub [markdown]",
+    'language="html"', "language='html'", 'language = "html"', 'language= "html"', 'language ="html"',
+    'language="python"', 'language="Python"', 'language="R"', 'language="bash"', 'language="sql"', 'language="c++"',
+    'language="javascript"', 'language="haskell"', 'language="julia"', 'language="wolfram language"',
+    'language="go"', 'language="perl"', 'language="foo"', 'language="python3"', 'language="sas"', 'language="matlab"',
+    'language=""', "language=1", "language=null", "language=[1]",
+    'language="html" magic_args="--isolated"', 'language="bash" magic_args=""', 'language="foo" magic_args="x"',
+    'language="html" magic_args=1',
+    'Title language="html"', 'Title [markdown] language="html"', '[markdown] language="html"',
+    'tags=["x"]', 'tags=["a", "b"] title="t"', "tags=['single']", 'tags=["active-ipynb"]', "tags=[1]", 'tags="abc"',
+    "tags=[]", 'tags=["x",]', 'tags=("x",)',
+    "key=1", "key=-1.5", "key=1e3", "key=true", "key=false", "key=null", "key=True", "key=None", "key=1_000",
+    "key=NaN", "key=Infinity", "key=1j", "key=b'x'", "key={1, 2}", "key={'a': 1}", 'key={"a": [1, {"b": null}]}',
+    'key="a b c"', 'key="with \\"escaped\\" quotes"', "key='it\\'s'", 'key="it\'s"', "key='say \"hi\"'",
+    'key="a=b"', 'key="x" y="z"', 'a=1 b=2 c=3', 'a=1 a=2', 'a=1 b=2 a=3', 'key="{not json"', 'key={not json}',
+    'key="unterminated', "key=unquoted", "key=unquoted words here", "key=", "=value", "= =", "a==b", "a=1=2",
+    'k-e.y@/x="v"', 'k!ey="v"', "key=[1, 2", 'key="x"extra', 'key = 1 other = "2"', '  key  =  "v"  ',
+    "Title key=1", "Two words key=1 other=\"x\"", "Title .class", "Title .class key=1", ".class", ".a .b",
+    "Title .class other", "flag", "Title flag", "flag key=1", "--flag", "Title --flag", "a.b", "key=1 flag",
+    '{"tags": ["x"]}', 'Title {"tags": ["x"]}', '{"a": 1, "a": 2}', "{'a': 1}", "{1: 2}", "{1, 2}", "{[1]: 2}",
+    '{"language": "html"}', '{"active": "ipynb"}', '{"cell_type": "markdown"}', "{not json}", "{", "{}", "Title {}",
+    '{"a": NaN}', 'key=1 {"a": 1}', '{"a": 1} key=1', 'x {"a": "="}', '[markdown] {"tags": ["x"]}',
+    'active="ipynb"', 'active="py"', 'active=""', 'run_control={"frozen": true}', 'run_control={}',
+    'cell_type="markdown"', 'cell_type="code"', 'title="from option"', 'Title title="from option"',
+    'cell_depth=2', '%% cell_depth=2', 'region_name="x" [md]', 'lines_to_next_cell=2', 'lines_to_next_cell=1',
+    'comment_questions=false', 'cell_marker="\'\'\'"', 'endofcell="--"', "endofcell=1", 'endofcell="-"',
+    'incorrectly_encoded_metadata="x"', "key=\t1", "key=1\tother=2", "a\u00a0b=1", "key=\"caf\u00e9\"",
+    'key="' + "x" * 1200 + '"',
+    # keys nbformat's schema constrains (jupytext fails on what it refuses)
+    'name=""', 'name="x"', 'name="a\\nb"', "jupyter=[]", 'jupyter={"source_hidden": true}', "jupyter={}",
+    'tags=["a,b"]', 'tags=["x", "x"]', 'tags=[""]', "collapsed=1", "collapsed=true", 'scrolled="auto"', "scrolled=1",
+    "scrolled=false", "format=1 [raw]", 'format="text/html" [raw]', "format=1", "execution={}",
+    'execution={"iopub.status.busy": "x"}',
+]
+
+BODIES = [
+    "x = 1\n",
+    "# <b>x</b>\n# it's\n",
+    "# text\n\n# more text\n",
+    "x = 'it''s'\ns = \"\"\"\n# %%\n# +\n\"\"\"\n",
+    "# it's\n\n# %%\ny = 2\n",
+    "%%html\n<b>x</b>\n",
+    "# %%html\n# <b>x</b>\n",
+    "# !ls\n# %time x\nos.path?\n",
+    '"""\ndocstring\n"""\n',
+    "# ```\n# %%\n# ```\n",
+    "\n\ndef f():\n    pass\n\n\n",
+    "# # +\n# +\nx = 1\n",
+    "-- it's\n# text\n",
+    "// it's\n'''\n",
+]
+
+
+def _option_texts(options: str, body: str) -> list[str]:
+    return [
+        f"# %% {options}\n{body}\n# %%\nz = 3\n",
+        f"# %%{options}\n{body}",
+        f"import os\n\n# %% {options}\n{body}",
+        f"# + {options}\n{body}# -\n\nz = 3\n",
+        f"# +{options}\n{body}\n# +\nz = 3\n# -\n",
+        f"x = 0\n\n# + {options}\n{body}",
+        f'# + {options}\n{body}# --\n\nz = 3\n',
+    ]
+
+
+def _jupytext_options(options: str):
+    from jupytext.cell_reader import LightScriptCellReader
+
+    return LightScriptCellReader({"extension": ".py"}).options_to_metadata(options)[1]
+
+
+def test_language_tables_are_jupytexts():
+    from jupytext import languages
+
+    assert fast_text._COMMENT == languages._COMMENT
+    assert fast_text._JUPYTER_LANGUAGES == languages._JUPYTER_LANGUAGES
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cell_options_parse_as_jupytext_parses_them(options):
+    try:
+        got = fast_text._options_to_metadata(options)
+    except fast_text._Decline:
+        return
+    assert got == _jupytext_options(options)
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cells_with_options_read_as_jupytext_reads_them(options):
+    for i, body in enumerate(BODIES):
+        # every body in the two main shapes, the first bodies in all shapes and under a header
+        texts = _option_texts(options, body)
+        for text in texts if i < 3 else (texts[0], texts[3]):  # `# %% options` and `# + options` ... `# -`
+            agrees(text)
+        if i < 2:
+            agrees(HEADER.format(fmt="percent") + _option_texts(options, body)[0])
+            agrees(HEADER.format(fmt="light") + _option_texts(options, body)[3])
+
+
+def test_common_cell_options_are_read_fast():
+    """The option forms notebooks use are read, not left to jupytext."""
+    read = [
+        'language="html"', "language='html'", 'language = "html"', 'language="bash" magic_args=""',
+        'language="foo"', 'language="Python"', 'language="python"', 'Title language="html"',
+        'tags=["x"]', "tags=['single']", 'tags=["a", "b"] title="t"', "key=1", "key=-1.5", "key=true", "key=null",
+        "key=None", 'key={"a": [1, {"b": null}]}', "key={'a': 1}", 'key="with \\"escaped\\" quotes"', 'key="it\'s"',
+        "key='say \"hi\"'", 'key="a=b"', "a=1 b=2 c=3", "a=1 a=2", "key=unquoted", "key=", "Title key=1",
+        "Two words key=1 other=\"x\"", "Title .class", "Title .class key=1", "flag", "Title flag", "--flag",
+        '{"tags": ["x"]}', 'Title {"tags": ["x"]}', '{"a": 1, "a": 2}', "{'a': 1}", "{not json}", "{}",
+        '[markdown] {"tags": ["x"]}', 'key="{not json"', "= =", 'endofcell="--"', 'lines_to_next_cell=2',
+    ]
+    for options in read:
+        assert fast_text._options_to_metadata(options) == _jupytext_options(options), options
+        for body in BODIES[:3]:
+            text = f"# %% {options}\n{body}\n# %%\nz = 3\n"
+            assert agrees(text), (options, body)
+            text = f"# + {options}\n{body}# -\n\nz = 3\n"
+            assert agrees(text), (options, body)
+    html = fast_text.read('# %% language="html"\n# <b>x</b>\n', ".py")
+    assert html.cells == [("code", "%%html\n<b>x</b>", {})]
+
+
+def test_cell_options_that_change_reading_decline():
+    for options in ('active="ipynb"', 'tags=["active-py"]', 'run_control={"frozen": true}', 'cell_type="markdown"',
+                    '{"active": "ipynb"}', "key=NaN", "key=1j", 'tags=("x",)', "{1: 2}", "{[1]: 2}",
+                    'language="html" magic_args=1', "language=1", 'key="' + "x" * 1200 + '"'):
+        assert fast_text.read(f"# %% {options}\nx = 1\n", ".py") is None, options
+
+
+_OPTION_PIECES = st.sampled_from([
+    " ", "  ", "=", '"', "'", "{", "}", "[", "]", ",", ":", ".", "-", "--", "%", "\\", "\t",
+    "key", "tags", "language", "magic_args", "title", "Title", "html", "bash", "foo", "active", "ipynb",
+    "1", "-2.5", "true", "null", "None", "NaN", '"x"', "'y'", '"a b"', '["x"]', '{"a": 1}', "{'b': 2}",
+    "[markdown]", "[md]", "[raw]", ".class", "endofcell", "cell_depth", "lines_to_next_cell", "active-py",
+    "name", "jupyter", "collapsed", "scrolled", "format", "execution", '"auto"', "[]", '""',
+])
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(_OPTION_PIECES, max_size=10))
+def test_generated_cell_options_parse_as_jupytext_parses_them(pieces):
+    options = "".join(pieces)
+    try:
+        want = _jupytext_options(options)
+    except Exception:  # noqa: BLE001 - jupytext fails on them: the fast reader must decline
+        want = None
+    try:
+        got = fast_text._options_to_metadata(options)
+    except fast_text._Decline:
+        return
+    assert got == want, options
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.sampled_from([0.5, -1.25, 1e20])
+    | st.sampled_from(["", "x", "a b", "it's", 'say "hi"', "a=b", "{x}", "[y]", "#", "%%", "\\", "caf\u00e9", " pad "]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b c", "d=e", '"q"']), inner, max_size=3),
+    max_leaves=6,
+)
+_CELL_METADATA = st.lists(st.one_of(
+    st.tuples(st.just("title"), st.sampled_from(["T", "Two words", "it's", "a=b", "{x}", "x .y", "%"])),
+    st.tuples(st.just("cell_depth"), st.integers(1, 3)),
+    st.tuples(st.just("tags"), st.lists(st.sampled_from(["x", "y z", "a=b", "it's", "active-ipynb", "a,b", ""]), max_size=3)),
+    st.tuples(st.sampled_from(["key", "slideshow", "jupyter", "name", "x.y", "lines_to_next_cell", "magic_args", "endofcell",
+                               "incorrectly_encoded_metadata", "tags2", "k-1", "collapsed", "scrolled", "format",
+                               "comment_questions"]), _JSON_VALUES),
+), max_size=3).map(dict)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=st.lists(st.tuples(st.sampled_from(["code", "markdown", "raw"]), _SOURCES, _CELL_METADATA,
+                                st.sampled_from(["", "%%html\n", "%%bash\n", "%%time\n"])), min_size=1, max_size=5),
+       fmt=st.sampled_from(["py:percent", "py:light"]), json_options=st.booleans())
+def test_generated_notebooks_with_cell_metadata_read_as_jupytext_reads_them(cells, fmt, json_options):
+    """Cell metadata as jupytext writes it (key=value, or JSON with cell_metadata_json), and cells in
+    another language (jupytext writes `%%html` cells with commented content)."""
+    nb = _notebook([(t, (magic if t == "code" else "") + s) for t, s, _md, magic in cells])
+    for cell, (_t, _s, md, _magic) in zip(nb.cells, cells):
+        cell.metadata.update(md)
+    nb.metadata["jupytext"] = {"notebook_metadata_filter": "-all", "cell_metadata_filter": "all"}
+    if json_options:
+        nb.metadata["jupytext"]["cell_metadata_json"] = True
+    try:
+        text = jupytext.writes(nb, fmt=fmt)
+    except Exception:  # noqa: BLE001 - metadata jupytext cannot write
+        return
+    agrees(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(_OPTION_PIECES, max_size=8), lines=st.lists(_LINES, max_size=8),
+       light=st.booleans(), more=st.lists(_LINES, max_size=5))
+def test_generated_cells_with_options_read_as_jupytext_reads_them(pieces, lines, light, more):
+    marker = "# +" if light else "# %%"
+    text = f"{marker} {''.join(pieces)}\n" + "\n".join(lines) + ("\n# -\n" if light else "\n") + "\n".join(more)
+    agrees(text)
 
 
 # --- the model and the check path ----------------------------------------------------------------
@@ -315,6 +519,9 @@ def test_the_reader_stays_linear_on_hostile_input():
         "# +\nx = 1\n" * 20_000,
         "# %%\n" + "'\"" * 200_000 + "\n",  # one long line of quotes
         "# %%\nx = 1\n" + '# %%\n@"""\n' * 10_000,  # every look-ahead opens a string
+        ("# %% " + "a=[1," * 199 + "\nx = 1\n") * 20_000,  # key=value options that try every '='
+        ("# + " + "x=1 " * 249 + "\nx = 1\n# -\n") * 20_000,
+        '# %% key="v" other=[1, 2]\nx = 1\n' * 20_000,
     ]
     for text in cases:
         start = time.perf_counter()

@@ -17,7 +17,11 @@ sure of makes `read` return None, and the caller reads the file with jupytext it
 - a jupytext configuration file for the folder (its options can change how a file is read);
 - a header with more than the `jupyter:` mapping, with format options (`cell_markers`,
   `comment_magics`, ...), legacy keys, or a shebang or encoding line before it;
-- cell options other than a title and `[markdown]`/`[raw]`/`[md]` (`key=value`, JSON);
+- cell options that change how jupytext reads the cell beyond what is ported here (`active`,
+  `run_control`, `active-` tags, a `cell_type` option), values nbformat would not give back as
+  parsed (tuples, sets, NaN...), options jupytext fails on, and very long option lines (a title,
+  `[markdown]`/`[raw]`/`[md]`, `.attributes`, `key=value` and JSON options are read, and so is a
+  cell in another language: `language="html"` becomes the `%%html` magic, as in jupytext);
 - input whose reading would take more than linear work (the port stays linear; jupytext's own
   loop is quadratic on some inputs).
 
@@ -28,6 +32,10 @@ are memoised or precomputed), and the regular expressions are jupytext's own, ap
 from __future__ import annotations
 
 import re
+from ast import literal_eval as _literal_eval
+from json import JSONDecodeError as _JSONDecodeError
+from json import loads as _json_loads
+from math import isfinite as _isfinite
 
 __all__ = ["FastText", "read"]
 
@@ -152,6 +160,60 @@ class _StringParser:
         self.triple = triple
 
 
+class _LanguageStringParser:
+    """jupytext.stringparser.StringParser(language) for a cell in another language, as it is."""
+
+    __slots__ = ("comment", "python", "single", "triple")
+
+    def __init__(self, language: str):
+        self.single = None
+        self.triple = None
+        self.python = language != "R"
+        self.comment = _COMMENT.get(language)
+
+    def is_quoted(self):
+        return self.single or self.triple
+
+    def read_line(self, line: str) -> None:
+        comment = self.comment
+        if not self.is_quoted() and comment is not None and line.lstrip().startswith(comment):
+            return
+        triple_start = -1
+        for i, char in enumerate(line):
+            if self.single is None and self.triple is None and comment and comment.startswith(char) and line[i:].startswith(comment):
+                break
+            if char not in ('"', "'"):
+                continue
+            if line[i - 1 : i] == "\\":
+                continue
+            if self.single == char:
+                self.single = None
+                continue
+            if self.single is not None:
+                continue
+            if not self.python:
+                continue
+            if line[i - 2 : i + 1] == 3 * char and i >= triple_start + 3:
+                if self.triple == char:
+                    self.triple = None
+                    triple_start = i
+                    continue
+                if self.triple is not None:
+                    continue
+                self.triple = char
+                triple_start = i
+                continue
+            if self.triple is not None:
+                continue
+            self.single = char
+        if self.python:
+            self.single = None
+
+
+def _string_parser(language: str | None):
+    return _StringParser() if language is None or language == "python" else _LanguageStringParser(language)
+
+
 # --- jupytext.magics (python) -------------------------------------------------------------------
 
 
@@ -229,24 +291,153 @@ def _uncomment_one(line: str, prefix: str = "#") -> str:
     return line
 
 
-# --- cell options -------------------------------------------------------------------------------
+# --- cell options (jupytext.cell_metadata.text_to_metadata, allow_title=True) -------------------
+
+# jupytext.cell_metadata's regular expressions
+_IS_IDENTIFIER = re.compile(r"^[a-zA-Z_\.]+[a-zA-Z0-9_\.]*$")
+_IS_VALID_METADATA_KEY = re.compile(r"^[a-zA-Z0-9_\.@/-]+$")
+# Longer option lines are left to jupytext (its key=value parser tries every '=' with a JSON and a
+# Python literal parse, and recurses once per option).
+_MAX_OPTIONS = 1000
+
+# jupytext.languages: the comment of each script language (StringParser's `_COMMENT`), and the
+# languages that `set_main_and_cell_language` turns into a `%%language` cell magic
+# (tests/test_text_reader.py checks both against jupytext's own tables).
+_COMMENT = {
+    "python": "#", "coconut": "#", "R": "#", "julia": "#", "c++": "//", "scheme": ";;", "clojure": ";;",
+    "bash": "#", "powershell": "#", "q": "/", "matlab": "%", "wolfram language": "(*", "idl": ";",
+    "javascript": "//", "typescript": "//", "scala": "//", "rust": "//", "robotframework": "#",
+    "csharp": "//", "fsharp": "//", "sos": "#", "java": "//", "groovy": "//", "sage": "#", "ocaml": "(*",
+    "haskell": "--", "tcl": "#", "maxima": "/*", "gnuplot": "#", "stata": "//", "sas": "/*", "jenner": "/*",
+    "xonsh": "#", "logtalk": "%", "lua": "--", "go": "//",
+}
+_JUPYTER_LANGUAGES = frozenset([
+    "R", "bash", "sh", "python", "python2", "python3", "coconut", "javascript", "js", "perl", "html", "latex",
+    "markdown", "pypy", "ruby", "script", "svg", "matlab", "octave", "idl", "robotframework", "sas", "spark",
+    "sql", "cython", "haskell", "tcl", "gnuplot", "wolfram language", "c#", "f#", "cs", "fs",
+]).union(_COMMENT)
 
 
-def _options_to_metadata(options: str) -> dict:
-    """LightScriptCellReader.options_to_metadata for the options it is sure of: a title, `[markdown]`,
-    `[raw]`, `[md]`, Spyder's sub-cell `%`. Anything with `=` or `{` (key=value, JSON) declines."""
+def _relax_json_loads(text: str):
+    """relax_json_loads(text): JSON, else a Python literal (its ValueError/SyntaxError propagate)."""
+    text = text.strip()
+    try:
+        return _json_loads(text)
+    except _JSONDecodeError:
+        pass
+    return _literal_eval(text)
+
+
+def _parse_key_equal_value(text: str) -> dict:
+    """parse_key_equal_value: 'key1=value1 key2=value2', parsed from the right."""
+    text = text.strip()
+    if not text:
+        return {}
+    last_space_pos = text.rfind(" ")
+    if not text.startswith("--") and _IS_IDENTIFIER.match(text[last_space_pos + 1 :]):
+        result: dict = {text[last_space_pos + 1 :]: None}
+        if last_space_pos > 0:
+            result.update(_parse_key_equal_value(text[:last_space_pos]))
+        return result
+    equal_sign_pos = None
+    while True:
+        equal_sign_pos = text.rfind("=", None, equal_sign_pos)
+        if equal_sign_pos < 0:
+            return {"incorrectly_encoded_metadata": text}
+        prev_whitespace = text[:equal_sign_pos].rstrip().rfind(" ")
+        key = text[prev_whitespace + 1 : equal_sign_pos].strip()
+        if not _IS_VALID_METADATA_KEY.match(key):
+            continue
+        try:
+            value = _relax_json_loads(text[equal_sign_pos + 1 :])
+        except (ValueError, SyntaxError):
+            continue
+        metadata = _parse_key_equal_value(text[:prev_whitespace]) if prev_whitespace > 0 else {}
+        metadata[key] = value
+        return metadata
+
+
+def _text_to_metadata(text: str) -> tuple[str, object]:
+    """text_to_metadata(text, allow_title=True): the title, and the options."""
+    text = text.strip()
+    first_curly_bracket = text.find("{")
+    first_equal_sign = text.find("=")
+    if first_curly_bracket < 0 or (0 <= first_equal_sign < first_curly_bracket):
+        if first_equal_sign >= 0:
+            words = text[:first_equal_sign].split(" ")
+            while words and not words[-1]:
+                words.pop()
+            if words:
+                words.pop()
+        else:
+            words = text.split(" ")
+        while words and (not words[-1].strip() or words[-1].startswith(".")):
+            words.pop()
+        title = " ".join(words)
+        return title, _parse_key_equal_value(text[len(title) :])
+    # relax_json_loads(catch=True)
+    options = text[first_curly_bracket:].strip()
+    try:
+        metadata = _json_loads(options)
+    except _JSONDecodeError:
+        try:
+            metadata = _literal_eval(options)
+        except (ValueError, SyntaxError):
+            metadata = {"incorrectly_encoded_metadata": options}
+    return text[:first_curly_bracket].strip(), metadata
+
+
+def _spend_on_options(ctx, options: str) -> str:
+    """Charge the file's work budget for parsing `options`: the key=value parser may try a JSON and
+    a Python literal parse from every '=' sign, so a file of long option lines with many '=' is
+    left to jupytext instead of being read in quadratic time."""
     if "=" in options or "{" in options:
+        ctx.spend(len(options) * (options.count("=") + 1) // 8)
+    return options
+
+
+def _is_plain_json(value, depth: int = 0) -> bool:
+    """A value that reads back the same through nbformat (no tuple, set, bytes, complex, NaN...)."""
+    if depth > 50:
+        return False
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return _isfinite(value)
+    if type(value) is list:
+        return all(_is_plain_json(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(isinstance(k, str) and _is_plain_json(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _options_to_metadata(options: str, light: bool = False) -> dict:
+    """LightScriptCellReader.options_to_metadata: the title (with `[markdown]`, `[raw]`, `[md]`,
+    Spyder's sub-cell `%`) and the key=value or JSON options. Declines on options that change how
+    jupytext reads the cell in ways not ported here (`active`, `tags` with `active-`, `run_control`,
+    a `cell_type` option), and on values nbformat would not give back as parsed."""
+    if ("=" in options or "{" in options) and len(options) > _MAX_OPTIONS:
+        raise _Decline("long cell options")
+    try:
+        title, metadata = _text_to_metadata(options)
+    except Exception:  # noqa: BLE001 - what jupytext's parse raises (TypeError, RecursionError...): let it
+        raise _Decline("cell options jupytext fails on") from None
+    if type(metadata) is not dict or not _is_plain_json(metadata):
         raise _Decline("cell options")
-    # text_to_metadata(options, allow_title=True) without '=' and '{': the words, less trailing
-    # `.attribute` words, are the title; the rest would be parsed as key=value options.
-    text = options.strip()
-    words = text.split(" ")
-    while words and (not words[-1].strip() or words[-1].startswith(".")):
-        words.pop()
-    title = " ".join(words)
-    if text[len(title) :].strip():
-        raise _Decline("cell attributes")
-    metadata: dict = {}
+    if "active" in metadata or "run_control" in metadata or "cell_type" in metadata:
+        raise _Decline("cell options that change reading")
+    if "tags" in metadata:
+        tags = metadata["tags"]
+        if type(tags) is not list or not all(isinstance(t, str) and not t.startswith("active-") for t in tags):
+            raise _Decline("cell tags")
+    if "language" in metadata:
+        language = metadata["language"]
+        if not isinstance(language, str) or not language:
+            raise _Decline("cell language")
+        if "magic_args" in metadata and not isinstance(metadata["magic_args"], str):
+            raise _Decline("magic_args")
+    if light and "endofcell" in metadata and not isinstance(metadata["endofcell"], str):
+        raise _Decline("endofcell")
     for cell_type in ("markdown", "raw", "md"):
         code = f"[{cell_type}]"
         if code in title:
@@ -444,9 +635,10 @@ def _last_two_lines_blank(source: list[str]) -> bool:
 # --- cell content (BaseCellReader.extract_content and ScriptCellReader) --------------------------
 
 
-def _extract_content(source: list[str], cell_type: str, metadata: dict, explicit_soc: bool) -> list[str]:
-    # The metadata here never holds `active`, `tags` or `run_control` (see _options_to_metadata),
-    # so every cell is active and has no language of its own.
+def _extract_content(source: list[str], cell_type: str, metadata: dict, explicit_soc: bool,
+                     language: str | None = None) -> list[str]:
+    # The metadata here never holds `active`, `run_control` or `active-` tags (see
+    # _options_to_metadata), so every cell is active.
     if cell_type != "code":
         content = "\n".join(source).strip()
         for prefix in ("", "r", "R"):
@@ -469,6 +661,8 @@ def _extract_content(source: list[str], cell_type: str, metadata: dict, explicit
                     else:
                         metadata["cell_marker"] = left + "," + right
                     return content.splitlines()
+    if language is not None and language != "python":  # a cell in another language: just uncommented
+        return _uncomment(source, "#")
     lines = _uncomment_magic(source, explicitly_code=explicit_soc)
     if cell_type == "code" and not explicit_soc and _need_explicit_marker(lines):
         metadata["comment_questions"] = False
@@ -478,11 +672,14 @@ def _extract_content(source: list[str], cell_type: str, metadata: dict, explicit
 
 
 def _finish(ctx: _Lines, s: int, cell_type: str, metadata: dict, org_content: list[str], content: list[str],
-            pos_next_cell: int, lines_to_next_cell: int):
-    """BaseCellReader.read, after the content: the `lines_to_next_cell` metadata."""
+            pos_next_cell: int, lines_to_next_cell: int, language: str | None = None):
+    """BaseCellReader.read, after the content: the `lines_to_next_cell` metadata, and the cell's
+    language back in its metadata."""
     expected = _pep8_lines_between_cells(org_content or [""], ctx, pos_next_cell)
     if lines_to_next_cell != expected:
         metadata["lines_to_next_cell"] = lines_to_next_cell
+    if language:
+        metadata["language"] = language
     return (cell_type, "\n".join(content), metadata), pos_next_cell
 
 
@@ -500,15 +697,16 @@ def _percent_cell(ctx: _Lines, s: int):
     line0 = lines[s]
     if _PERCENT_START.match(line0):
         text = _uncomment_one(line0)
-        metadata = _options_to_metadata(text[text.find("%%") + 2 :])
+        metadata = _options_to_metadata(_spend_on_options(ctx, text[text.find("%%") + 2 :]))
     else:
         metadata = {}
+    language = metadata.pop("language", None)
     if metadata and "cell_type" in metadata:
         cell_type = metadata.pop("cell_type")
     else:
         cell_type = "code"
     next_cell = n
-    parser = _StringParser()
+    parser = _string_parser(language)
     fence = None
     text_cell = cell_type in ("markdown", "raw")
     for i in range(s, n):
@@ -539,9 +737,9 @@ def _percent_cell(ctx: _Lines, s: int):
     cell_start = s + 1 if _is_percent_marker(line0) else s
     source = lines[cell_start:end]
     org_content = list(source)
-    content = _extract_content(source, cell_type, metadata, explicit_soc=True)
+    content = _extract_content(source, cell_type, metadata, explicit_soc=True, language=language)
     ltnc = _count_lines_to_next_cell(end - s, nxt - s, n - s, False)
-    return _finish(ctx, s, cell_type, metadata, org_content, content, nxt, ltnc)
+    return _finish(ctx, s, cell_type, metadata, org_content, content, nxt, ltnc, language)
 
 
 # --- the light format (LightScriptCellReader, default cell markers) ------------------------------
@@ -568,8 +766,9 @@ def _light_cell(ctx: _Lines, s: int):
     ignore_end_marker = True
     m = _LIGHT_START.match(line0)
     if m:
-        metadata = _options_to_metadata(m.group(1))
+        metadata = _options_to_metadata(_spend_on_options(ctx, m.group(1)), light=True)
         ignore_end_marker = False
+    language = metadata.pop("language", None) if metadata else None
     # find_cell_end
     explicit_eoc = False
     if metadata is None and _paragraph_is_fully_commented(ctx, s):
@@ -587,7 +786,7 @@ def _light_cell(ctx: _Lines, s: int):
             cell_type = metadata.pop("cell_type")
         else:
             cell_type = "code"
-        parser = _StringParser()
+        parser = _string_parser(language)
         end = nxt = n
         for i in range(s, n):
             if metadata is not None and i == s:
@@ -637,7 +836,7 @@ def _light_cell(ctx: _Lines, s: int):
         if to_end_marker != (0 if pep8_lines == 1 else 2):
             metadata["lines_to_end_of_cell_marker"] = to_end_marker
     explicit_soc = cell_start > s
-    content = _extract_content(source, cell_type, metadata, explicit_soc)
+    content = _extract_content(source, cell_type, metadata, explicit_soc, language)
     total = n - s
     rel = nxt - s
     if rel + 1 < total and blank[nxt] and not blank[nxt + 1]:
@@ -645,7 +844,7 @@ def _light_cell(ctx: _Lines, s: int):
     elif explicit_eoc and rel + 2 < total and blank[nxt] and blank[nxt + 1] and not blank[nxt + 2]:
         nxt += 2
     ltnc = _count_lines_to_next_cell(end - s, nxt - s, total, explicit_eoc)
-    return _finish(ctx, s, cell_type, metadata, org_content, content, nxt, ltnc)
+    return _finish(ctx, s, cell_type, metadata, org_content, content, nxt, ltnc, language)
 
 
 # --- header and format ----------------------------------------------------------------------------
@@ -796,6 +995,56 @@ def _read_py(text: str) -> FastText:
         cell, nxt = reader(ctx, s)
         if nxt <= s:  # jupytext raises "Blocked at lines": let it
             raise _Decline("no progress")
-        cells.append(cell)
+        cells.append(_check_schema(_cell_language(cell)))
         s = nxt
     return FastText(format_name, metadata, cells)
+
+
+_SCHEMA_KEYS = frozenset(["jupyter", "name", "tags", "collapsed", "scrolled", "execution", "format"])
+_NAME_PATTERN = re.compile(r"^.+$")
+_TAG_PATTERN = re.compile(r"^[^,]+$")
+
+
+def _check_schema(cell: tuple[str, str, dict]) -> tuple[str, str, dict]:
+    """nbformat validates each cell jupytext makes (nbformat.v4 schema): cell metadata it would
+    refuse (a `tags` that is not a list of unique strings without commas, an empty `name`, a
+    `jupyter` that is not a mapping...) makes jupytext fail, so the fast reader declines."""
+    cell_type, _source, metadata = cell
+    if _SCHEMA_KEYS.isdisjoint(metadata):
+        return cell
+    if "jupyter" in metadata and type(metadata["jupyter"]) is not dict:
+        raise _Decline("cell metadata nbformat refuses")
+    if "name" in metadata and not (isinstance(metadata["name"], str) and _NAME_PATTERN.search(metadata["name"])):
+        raise _Decline("cell metadata nbformat refuses")
+    if "tags" in metadata:
+        tags = metadata["tags"]
+        if type(tags) is not list or not all(isinstance(t, str) and _TAG_PATTERN.search(t) for t in tags) or len(set(tags)) != len(tags):
+            raise _Decline("cell metadata nbformat refuses")
+    if cell_type == "code":
+        if "execution" in metadata:
+            raise _Decline("execution metadata")
+        if "collapsed" in metadata and not isinstance(metadata["collapsed"], bool):
+            raise _Decline("cell metadata nbformat refuses")
+        if "scrolled" in metadata and metadata["scrolled"] is not True and metadata["scrolled"] is not False and metadata["scrolled"] != "auto":
+            raise _Decline("cell metadata nbformat refuses")
+    if cell_type == "raw" and "format" in metadata and not isinstance(metadata["format"], str):
+        raise _Decline("cell metadata nbformat refuses")
+    return cell
+
+
+def _cell_language(cell: tuple[str, str, dict]) -> tuple[str, str, dict]:
+    """set_main_and_cell_language for a Python notebook: a cell in another Jupyter language gets
+    its `%%language` magic back (and loses the `language` metadata)."""
+    cell_type, source, metadata = cell
+    if "language" not in metadata:
+        return cell
+    language = metadata["language"]
+    if language == "python":
+        metadata.pop("language")
+    elif language.lower() != "python" and language in _JUPYTER_LANGUAGES:
+        metadata.pop("language")
+        if "magic_args" in metadata:
+            source = f"%%{language} {metadata.pop('magic_args')}\n" + source
+        else:
+            source = f"%%{language}\n" + source
+    return cell_type, source, metadata
