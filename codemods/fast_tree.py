@@ -22,6 +22,7 @@ import io
 import re
 import tokenize
 import weakref
+from collections.abc import Iterable
 
 import libcst as cst
 
@@ -33,35 +34,38 @@ class Decline(Exception):
 # ---------------------------------------------------------------------------------------------
 # Making nodes without libcst's constructor (its validation costs more than the building)
 
-_NEW = object.__new__
-_SET = object.__setattr__
-_DEFAULTS: dict[type, tuple[tuple[str, object], ...]] = {}
-
-
-def _defaults(cls: type) -> tuple[tuple[str, object], ...]:
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out.append((f.name, f.default))
-        elif f.default_factory is not dataclasses.MISSING:
-            out.append((f.name, f.default_factory()))
-        else:
-            out.append((f.name, None))  # required: always given
-    _DEFAULTS[cls] = found = tuple(out)
-    return found
+_MAKERS: dict[type, object] = {}
 
 
 def make(cls, **given):
     """A node of class `cls` with the `given` fields (sequences as tuples, as libcst's parser
     makes them) and libcst's defaults for the rest, without validation."""
-    node = _NEW(cls)
-    for name, default in _DEFAULTS.get(cls) or _defaults(cls):
-        if name in given:
-            value = given[name]
-            _SET(node, name, tuple(value) if type(value) is list else value)
+    maker = _MAKERS.get(cls)
+    if maker is None:
+        maker = _MAKERS[cls] = _maker(cls)
+    return maker(given)
+
+
+def _maker(cls):
+    """A function that makes a `cls` from a dict of fields: one straight-line setter per field
+    (a loop over the fields cost as much as the rest of the building)."""
+    env = {"new": object.__new__, "put": object.__setattr__, "cls": cls}
+    lines = ["def maker(given):", "    node = new(cls)"]
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if f.default is not dataclasses.MISSING:
+            env[f"d{i}"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            env[f"d{i}"] = f.default_factory()
         else:
-            _SET(node, name, default)
-    return node
+            env[f"d{i}"] = None  # required: always given
+        if "Sequence" in str(f.type):
+            lines.append(f"    v = given.get({f.name!r}, d{i})")
+            lines.append(f"    put(node, {f.name!r}, tuple(v) if type(v) is list else v)")
+        else:
+            lines.append(f"    put(node, {f.name!r}, given.get({f.name!r}, d{i}))")
+    lines.append("    return node")
+    exec("\n".join(lines), env)  # noqa: S102 - our own code, from libcst's field names
+    return env["maker"]
 
 
 class BuiltModule(cst.Module):
@@ -574,7 +578,7 @@ class _Builder:
         for stmt in body:
             if isinstance(stmt, _SIMPLE_STATEMENTS):
                 if out and isinstance(out[-1], cst.SimpleStatementLine) and stmt.lineno == line_of_last_small:
-                    _SET(out[-1], "body", (*out[-1].body, self.small(stmt)))  # `a = 1; b = 2`
+                    object.__setattr__(out[-1], "body", (*out[-1].body, self.small(stmt)))  # `a = 1; b = 2`
                 else:
                     lines = leading(stmt) if leading is not None else []
                     out.append(make(cst.SimpleStatementLine, body=[self.small(stmt)], leading_lines=lines))
@@ -587,7 +591,7 @@ class _Builder:
                 raise Decline(type(stmt).__name__)
             node = method(stmt)
             if leading is not None:
-                _SET(node, "leading_lines", leading(stmt))
+                object.__setattr__(node, "leading_lines", leading(stmt))
             self.spanned(node, stmt)
             out.append(node)
             line_of_last_small = -1
@@ -817,7 +821,7 @@ def _field_end(body: str, i: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-def build(source: str, segments: list[tuple[int, ast.Module]] | None = None) -> BuiltModule | None:
+def build(source: str, segments: Iterable[tuple[int, ast.Module]] | None = None) -> BuiltModule | None:
     """libcst nodes for `source`, or None when the builder is not sure to reproduce libcst's tree
     (then parse with libcst). `segments`: `source`'s `ast`, already parsed in pieces, as
     (lines before the piece, its tree) in order (a joined notebook's cells); default: parse it."""
@@ -832,8 +836,8 @@ def build(source: str, segments: list[tuple[int, ast.Module]] | None = None) -> 
     except (Decline, RecursionError, KeyError, IndexError, UnicodeError, ValueError, SyntaxError):
         return None
     module = make(BuiltModule, body=body)
-    _SET(module, "source", source)
-    _SET(module, "lines", builder.lines)
-    _SET(module, "spans", builder.spans)
+    object.__setattr__(module, "source", source)
+    object.__setattr__(module, "lines", builder.lines)
+    object.__setattr__(module, "spans", builder.spans)
     _LIVE.add(module)
     return module

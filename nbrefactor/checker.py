@@ -57,17 +57,14 @@ def parse_joined(notebook: Notebook, *, for_reading: bool = False) -> tuple[Join
 
     from nbrefactor.notebook.join import join, parse_module
 
-    joined = join(notebook, for_reading=True)
+    joined = join(notebook, for_reading=for_reading)
     module = None
     if for_reading:
         from codemods.fast_tree import build
 
-        module = build(joined.code, [(c.first_line - 1, c.tree) for c in joined.cells if c.tree is not None])
-    if module is None:  # not for reading, or the builder is not sure: libcst parses the module
-        parse_module(joined)
-    else:
-        for c in joined.cells:
-            c.tree = None
+        module = build(joined.code, _cell_trees(joined))
+        if module is None:  # the builder is not sure: libcst parses the module
+            parse_module(joined)
     warnings = [
         CellWarning(notebook.path, c.index + 1, c.parse_error_line, f"cell skipped, not Python: {c.parse_error}")
         for c in joined.opaque_cells
@@ -76,6 +73,15 @@ def parse_joined(notebook: Notebook, *, for_reading: bool = False) -> tuple[Join
     if module is None:
         module = joined.module if joined.module is not None else cst.parse_module(joined.code)
     return joined, module, warnings
+
+
+def _cell_trees(joined: JoinedNotebook):
+    """Each cell's `ast` with the lines before it, handed over one at a time (a tree is let go
+    once built from: a notebook's trees and its built nodes are not all held at once)."""
+    for c in joined.cells:
+        tree, c.tree = c.tree, None
+        if tree is not None:
+            yield c.first_line - 1, tree
 
 
 _reused: dict | None = None  # (path, text, selection) -> NotebookCheck, while `reusing_checks` runs

@@ -209,10 +209,10 @@ def test_a_bug_is_an_error_for_that_file_not_a_traceback_or_findings(tmp_path, m
     (tmp_path / "b.ipynb").write_text(_notebook_with(FINDING))
     real = nbrefactor.checker.check_notebook
 
-    def broken(notebook, selection):
+    def broken(notebook, selection, **kwargs):
         if notebook.path.endswith("a.ipynb"):
             raise KeyError("boom")
-        return real(notebook, selection)
+        return real(notebook, selection, **kwargs)
 
     monkeypatch.setattr(nbrefactor.checker, "check_notebook", broken)
     monkeypatch.chdir(tmp_path)

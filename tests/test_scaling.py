@@ -88,7 +88,7 @@ def test_the_collector_is_paused_during_the_work_and_runs_again_after(monkeypatc
     monkeypatch.setattr(checker, "PAUSE_COLLECTOR_FROM", 0)  # a small notebook counts as large
     during = []
     analyse = checker._check_notebook
-    monkeypatch.setattr(checker, "_check_notebook", lambda nb, selection: (during.append(gc.isenabled()), analyse(nb, selection))[1])
+    monkeypatch.setattr(checker, "_check_notebook", lambda nb, selection, *mode: (during.append(gc.isenabled()), analyse(nb, selection, *mode))[1])
     text = SHAPES["cells"][1](3)
     fix_notebook(read_notebook("scaling.ipynb", text.encode("utf-8")), unsafe_fixes=True)
     assert during and not any(during)
