@@ -305,46 +305,71 @@ _UNLISTED_BINDINGS = tuple(
 )
 
 
+def _scan_kind(t: type) -> str:
+    """What `scan` does with a node of type `t` (decided once per type: libcst's classes are ABCs,
+    and an isinstance per node and question was a fifth of the analysis)."""
+    if t is cst.Name or t is cst.Call or t is cst.If:
+        return t.__name__
+    if t in _UNLISTED_BINDINGS:
+        return "unlisted"
+    for kinds, name in _SCAN_KINDS:
+        if issubclass(t, kinds):
+            return name
+    return ""
+
+
+_SCAN_KINDS = (
+    (cst.FunctionDef, "def"), (cst.Param, "param"), (cst.Lambda, "lambda"), (cst.Attribute, "attribute"),
+    (cst.Arg, "arg"), ((cst.Import, cst.ImportFrom), "import"), (cst.ClassDef, "class"),
+    ((cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For), "target"), (cst.WithItem, "with"),
+)
+_SCAN_KIND: dict[type, str] = {}
+
+
 def scan(node: cst.CSTNode) -> Scan:
     out = Scan()
     stack: list[cst.CSTNode] = [node]
+    kinds = _SCAN_KIND
     while stack:
         n = stack.pop()
-        kind = type(n)
-        if kind is cst.Name:
+        t = type(n)
+        kind = kinds.get(t)
+        if kind is None:
+            kind = kinds[t] = _scan_kind(t)
+        if kind == "Name":
             out.loads.add(n.value)
             continue
-        if kind is cst.Call:
+        if kind == "Call":
             out.calls.append(n)
-        elif kind is cst.If:
+        elif kind == "If":
             out.ifs.append(n)
-        elif kind in _UNLISTED_BINDINGS:
+        elif kind == "unlisted":
             out.binds_unlisted = True
-        elif isinstance(n, cst.FunctionDef):
+        elif kind == "def":
             out.binds.add(n.name.value)
             stack.extend(reversed([n.params, *n.decorators]))  # the body does not run now
             continue
-        elif isinstance(n, cst.Param):
+        elif kind == "param":
             stack.extend(x for x in (n.annotation, n.default) if x is not None)
             continue
-        elif isinstance(n, cst.Lambda):
+        elif kind == "lambda":
             stack.append(n.params)
             continue
-        elif isinstance(n, cst.Attribute):
+        elif kind == "attribute":
             stack.append(n.value)  # `.attr` is not a name read
             continue
-        elif isinstance(n, cst.Arg):
+        elif kind == "arg":
             stack.append(n.value)  # `keyword=` is not a name read
             continue
-        elif isinstance(n, (cst.Import, cst.ImportFrom)):
+        elif kind == "import":
             out.binds.update(N.import_bindings(n))
             out.binds_unlisted = True
             continue
-        elif isinstance(n, cst.ClassDef):
+        elif kind == "class":
             out.binds.add(n.name.value)
-        elif isinstance(n, (cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For)):
+        elif kind == "target":
             out.binds.update(target_names(n.target))
-        elif isinstance(n, cst.WithItem) and n.asname is not None:
+        elif kind == "with" and n.asname is not None:
             out.binds.update(target_names(n.asname.name))
         stack.extend(reversed(children(n)))
     return out
@@ -382,14 +407,25 @@ def _walk_assignments(body: cst.CSTNode):
     """Every assignment and import inside a block, in text order (not inside nested functions or
     classes): (target, value) pairs, and (import, import) for imports."""
     found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
-    for n in walk(body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.ClassDef)) or n is body):
-        if isinstance(n, cst.Assign):
+    for n in walk(body, enter=lambda n: n is body or not _is_definition(type(n))):
+        t = type(n)
+        if t is cst.Assign:
             found.extend((t.target, n.value) for t in n.targets)
-        elif isinstance(n, cst.AnnAssign) and n.value is not None:
+        elif t is cst.AnnAssign and n.value is not None:
             found.append((n.target, n.value))
-        elif isinstance(n, (cst.Import, cst.ImportFrom)):
+        elif t is cst.Import or t is cst.ImportFrom:
             found.append((n, n))
     return found
+
+
+_DEFINITIONS: dict[type, bool] = {}
+
+
+def _is_definition(t: type) -> bool:
+    known = _DEFINITIONS.get(t)
+    if known is None:
+        known = _DEFINITIONS[t] = issubclass(t, (cst.FunctionDef, cst.ClassDef))
+    return known
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,18 @@ def canonical(qname: str | None) -> str | None:
     `lightning.pytorch.Trainer`."""
     if qname is None:
         return None
+    known = _CANONICAL.get(qname)
+    if known is None:
+        if len(_CANONICAL) > 50_000:  # bounded: a server checks many notebooks in one process
+            _CANONICAL.clear()
+        known = _CANONICAL[qname] = _canonical(qname)
+    return known
+
+
+_CANONICAL: dict[str, str] = {}  # a notebook asks for the same few names thousands of times
+
+
+def _canonical(qname: str) -> str:
     for old, new in _PREFIXES:
         if old.endswith("."):
             if qname.startswith(old):

@@ -31,8 +31,18 @@ def _wanted(value: object) -> bool:
     return known
 
 
+# Fields whose values are always of the `_SKIP` kinds (libcst's annotations say so): not read at all.
+_LAYOUT_FIELDS = frozenset({
+    "lpar", "rpar", "comma", "leading_lines", "trailing_whitespace", "lines_after_decorators", "newline",
+    "lbracket", "rbracket", "lbrace", "rbrace", "semicolon", "dot", "colon", "first_colon", "second_colon",
+    "footer",
+})
+
+
 def _fields_of(kind: type, node: cst.CSTNode) -> Callable[[cst.CSTNode], tuple]:
-    names = tuple(f.name for f in dataclasses.fields(node))
+    names = tuple(
+        f.name for f in dataclasses.fields(node) if f.name not in _LAYOUT_FIELDS and not f.name.startswith("whitespace")
+    )
     if len(names) > 1:
         get = operator.attrgetter(*names)  # one C call for all the fields, in field order
     elif names:
