@@ -25,7 +25,7 @@ import functools
 import heapq
 import re
 import symtable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Names a Jupyter kernel binds before any cell runs.
 KERNEL_NAMES = frozenset({
@@ -53,17 +53,53 @@ class Unbound:
         return f"{where} before the notebook binds it"
 
 
-@dataclass
 class _Definition:
-    """A top-level function or class: the global names its body reads, and when."""
+    """A top-level function or class: the global names its body reads, and when. Worked out from
+    its scope's symbol table when the walk first needs it (a definition that is never called or
+    used is never looked into)."""
 
-    name: str
-    node: ast.AST
-    reads_when_called: set[str] = field(default_factory=set)  # functions; a class's __init__
-    reads_later: set[str] = field(default_factory=set)  # a class's other methods
-    binds_when_called: set[str] = field(default_factory=set)  # `global x; x = ...`
-    read_before_assigned: dict[str, int] = field(default_factory=dict)  # local -> line (UnboundLocalError)
-    _first_reads: dict[str, int] | None = field(default=None, repr=False, compare=False)  # name -> line, one walk
+    __slots__ = ("_first_reads", "_reads", "name", "node", "table")
+
+    def __init__(self, name: str, node: ast.AST, table: symtable.SymbolTable) -> None:
+        self.name, self.node, self.table = name, node, table
+        self._reads: tuple | None = None
+        self._first_reads: dict[str, int] | None = None  # name -> line, one walk
+
+    def _resolved(self) -> tuple[set[str], set[str], set[str], dict[str, int]]:
+        if self._reads is None:
+            reads_when_called: set[str] = set()  # functions; a class's __init__
+            reads_later: set[str] = set()  # a class's other methods
+            binds_when_called: set[str] = set()  # `global x; x = ...`
+            read_before_assigned: dict[str, int] = {}  # local -> line (UnboundLocalError)
+            if isinstance(self.node, ast.ClassDef):
+                for method in self.table.get_children():
+                    if method.get_type() != "function":
+                        continue
+                    target = reads_when_called if method.get_name() in ("__init__", "__new__", "__post_init__") else reads_later
+                    target |= _global_reads(method)
+                    binds_when_called |= _global_binds(method)
+            else:
+                reads_when_called = _global_reads(self.table)
+                binds_when_called = _global_binds(self.table)
+                read_before_assigned = _read_before_assigned(self.node, self.table)
+            self._reads = (reads_when_called, reads_later, binds_when_called, read_before_assigned)
+        return self._reads
+
+    @property
+    def reads_when_called(self) -> set[str]:
+        return self._resolved()[0]
+
+    @property
+    def reads_later(self) -> set[str]:
+        return self._resolved()[1]
+
+    @property
+    def binds_when_called(self) -> set[str]:
+        return self._resolved()[2]
+
+    @property
+    def read_before_assigned(self) -> dict[str, int]:
+        return self._resolved()[3]
 
     def first_read(self, name: str) -> int:
         """The line where the body first reads `name` (the definition's line if it never does):
@@ -138,19 +174,7 @@ def _definition(node: ast.AST, tables) -> _Definition | None:
     table = tables.get((node.name, node.lineno))
     if table is None:
         return None
-    d = _Definition(node.name, node)
-    if isinstance(node, ast.ClassDef):
-        for method in table.get_children():
-            if method.get_type() != "function":
-                continue
-            target = d.reads_when_called if method.get_name() in ("__init__", "__new__", "__post_init__") else d.reads_later
-            target |= _global_reads(method)
-            d.binds_when_called |= _global_binds(method)
-    else:
-        d.reads_when_called = _global_reads(table)
-        d.binds_when_called = _global_binds(table)
-        d.read_before_assigned = _read_before_assigned(node, table)
-    return d
+    return _Definition(node.name, node, table)
 
 
 def _read_before_assigned(node: ast.AST, table: symtable.SymbolTable) -> dict[str, int]:
