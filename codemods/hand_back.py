@@ -98,13 +98,15 @@ def hand_back_state(facts: NotebookFacts) -> tuple[BodyPlan, list[tuple[str, int
     plan, changes = BodyPlan(), []
     wanted: dict[int, list[str]] = {}  # launch statement -> what the notebook reads after it
     trainers = trainer_launches(facts)
+    base = _callback_base(facts)
+    if not trainers or base is None:
+        return plan, changes  # nothing a Trainer launches, or no Callback to hand it back with: no reads looked for
     for read in [*stale_reads(facts), *lightning_state_reads(facts)]:
         if read.assignable and read.mutation.launched is None and _launching_trainer(facts, read.launch, trainers) is not None:
             shown = wanted.setdefault(read.launch, [])
             if read.shown not in shown:
                 shown.append(read.shown)
-    base = _callback_base(facts)
-    if not wanted or base is None:
+    if not wanted:
         return plan, changes
     taken = set(facts.env) | {n for st in facts.statements for n in st.uses}
     torch = module_alias(facts, "torch") or "torch"
