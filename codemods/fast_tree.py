@@ -267,17 +267,16 @@ class _Builder:
         return node
 
     def spanned(self, node: cst.CSTNode, src: ast.AST) -> cst.CSTNode:
-        line = src.lineno + self.line_shift
-        col = src.col_offset + (self.col_shift if src.lineno == 1 else 0)
-        end_line = src.end_lineno + self.line_shift
-        end_col = src.end_col_offset + (self.col_shift if src.end_lineno == 1 else 0)
-        self.spans[id(node)] = (line, col, end_line, end_col)
+        self.spans[id(node)] = self.spans_of(src)
         return node
 
     def text(self, src: ast.AST) -> str:
         return _segment(self.lines, *self.spans_of(src))
 
     def spans_of(self, src: ast.AST) -> tuple[int, int, int, int]:
+        if not self.col_shift:
+            shift = self.line_shift
+            return src.lineno + shift, src.col_offset, src.end_lineno + shift, src.end_col_offset
         line = src.lineno + self.line_shift
         col = src.col_offset + (self.col_shift if src.lineno == 1 else 0)
         end_line = src.end_lineno + self.line_shift
@@ -299,10 +298,12 @@ class _Builder:
     def expr(self, node: ast.expr | None):
         if node is None:
             return None
-        method = getattr(self, "e_" + type(node).__name__, None)
+        method = _EXPRESSIONS.get(type(node))
         if method is None:
             raise Decline(type(node).__name__)
-        return self.spanned(method(node), node)
+        built = method(self, node)
+        self.spans[id(built)] = self.spans_of(node)
+        return built
 
     def e_Name(self, node: ast.Name):
         return make(cst.Name, value=node.id)
@@ -731,6 +732,11 @@ class _Builder:
         keywords = [self.keyword(k) for k in s.keywords]
         return make(cst.ClassDef, name=self.name(s.name), body=self.block(s.body), bases=bases, keywords=keywords,
                     decorators=self.decorators(s))
+
+
+_EXPRESSIONS = {
+    getattr(ast, name[2:]): method for name, method in vars(_Builder).items() if name.startswith("e_") and hasattr(ast, name[2:])
+}
 
 
 def piece_text_prefix_bytes(lines: list[str], line: int, start_col: int, char_column: int) -> bytes:
