@@ -1,5 +1,10 @@
 """`check` for one notebook: read, join, parse once, analyse once, run the rules, place findings.
 
+A check whose result is only read (`for_reading`: the CLI's check, the Lab endpoint, the language
+server) builds the analysis's libcst nodes from the `ast` the join made of each cell
+(`codemods.fast_tree`), which costs a fraction of libcst's parser; the fixer's checks parse with
+libcst, whose module the codemods rewrite and print.
+
 Findings are placed in the notebook's own terms: cell (1-based over all cells), row and column
 inside the cell. Positions are computed only for notebooks that have findings, and a notebook
 whose text never mentions Lightning, Fabric, a Trainer or Accelerate is not analysed at all.
