@@ -235,10 +235,11 @@ class NotebookFacts:
 def qualified_name(expr: cst.BaseExpression, env) -> str | None:
     """`L.Trainer` -> "lightning.pytorch.Trainer" under the imports in `env`; None for anything
     that is not a dotted name rooted in an import."""
-    if isinstance(expr, cst.Name):
+    t = type(expr)  # concrete libcst classes, never subclassed: cheaper than an ABC's isinstance
+    if t is cst.Name:
         v = env.get(expr.value)
         return v.qname if v is not None and v.kind in ("module", "class") else None
-    if isinstance(expr, cst.Attribute):
+    if t is cst.Attribute:
         head = qualified_name(expr.value, env)
         return None if head is None else N.canonical(f"{head}.{expr.attr.value}")
     return None
@@ -406,7 +407,14 @@ def _assignments(node: cst.CSTNode):
 def _walk_assignments(body: cst.CSTNode):
     """Every assignment and import inside a block, in text order (not inside nested functions or
     classes): (target, value) pairs, and (import, import) for imports."""
+    return _walk_body(body)[0]
+
+
+def _walk_body(body: cst.CSTNode):
+    """`_walk_assignments(body)`, and the `return` statements with a value among them, in one walk
+    (a `return` is never directly in a class body or a lambda)."""
     found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
+    returns: list[cst.Return] = []
     for n in walk(body, enter=lambda n: n is body or not _is_definition(type(n))):
         t = type(n)
         if t is cst.Assign:
@@ -415,7 +423,9 @@ def _walk_assignments(body: cst.CSTNode):
             found.append((n.target, n.value))
         elif t is cst.Import or t is cst.ImportFrom:
             found.append((n, n))
-    return found
+        elif t is cst.Return and n.value is not None:
+            returns.append(n)
+    return found, returns
 
 
 _DEFINITIONS: dict[type, bool] = {}
@@ -450,16 +460,17 @@ class _Analysis:
         return qualified_name(expr, env)
 
     def value_of(self, expr: cst.BaseExpression, env: dict[str, Value]) -> Value | None:
-        if isinstance(expr, cst.Name):
+        t = type(expr)
+        if t is cst.Name:
             return env.get(expr.value)
-        if isinstance(expr, cst.Call):
+        if t is cst.Call:
             return self.call_result(expr, env)
-        if isinstance(expr, cst.IfExp):
+        if t is cst.IfExp:
             a, b = self.value_of(expr.body, env), self.value_of(expr.orelse, env)
             if self.is_cuda_device(expr.body, env) or self.is_cuda_device(expr.orelse, env):
                 return Value("cuda_device")
             return a or b
-        if isinstance(expr, cst.Attribute):
+        if t is cst.Attribute:
             if self.accelerator_device(expr, env):
                 return Value("cuda_device")
             q = self.qname(expr, env)
@@ -644,18 +655,15 @@ class _Analysis:
         local = ChainMap({p: PARAM for p in params}, self.env)
         summary = FunctionSummary(node.name.value, node, params, set(), body_scan.calls, local)
         self._summaries[key] = summary
-        for target, value in _walk_assignments(node.body):
+        assignments, returned = _walk_body(node.body)
+        for target, value in assignments:
             if isinstance(target, (cst.Import, cst.ImportFrom)):
                 for name, q in N.import_bindings(target).items():
                     local[name] = Value("module", N.canonical(q))
                 continue
             self.bind(target, value, local)
         summary.free_names = body_scan.loads - body_scan.binds - set(params)
-        returns = [
-            self.value_of(n.value, local)
-            for n in walk(node.body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.Lambda)))
-            if isinstance(n, cst.Return) and n.value is not None
-        ]
+        returns = [self.value_of(n.value, local) for n in returned]
         summary.returns = next((r for r in returns if r is not None), None)
         return summary
 
