@@ -378,14 +378,15 @@ def scan(node: cst.CSTNode) -> Scan:
 
 def target_names(target: cst.CSTNode) -> set[str]:
     """The names an assignment target binds (`a, (b, *c) = ...` -> a, b, c)."""
-    if isinstance(target, cst.Name):
+    t = type(target)  # concrete libcst classes, never subclassed
+    if t is cst.Name:
         return {target.value}
-    if isinstance(target, (cst.Tuple, cst.List)):
+    if t is cst.Tuple or t is cst.List:
         out: set[str] = set()
         for el in target.elements:
             out |= target_names(el.value)
         return out
-    if isinstance(target, cst.StarredElement):
+    if t is cst.StarredElement:
         return target_names(target.value)
     return set()
 
