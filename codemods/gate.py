@@ -58,10 +58,11 @@ class _Definition:
     its scope's symbol table when the walk first needs it (a definition that is never called or
     used is never looked into)."""
 
-    __slots__ = ("_first_reads", "_reads", "name", "node", "table")
+    __slots__ = ("_first_reads", "_reads", "name", "node", "offset", "table")
 
-    def __init__(self, name: str, node: ast.AST, table: symtable.SymbolTable) -> None:
+    def __init__(self, name: str, node: ast.AST, table: symtable.SymbolTable, offset: int = 0) -> None:
         self.name, self.node, self.table = name, node, table
+        self.offset = offset  # module line = the node's line + offset (its cell parsed alone)
         self._reads: tuple | None = None
         self._first_reads: dict[str, int] | None = None  # name -> line, one walk
 
@@ -81,7 +82,7 @@ class _Definition:
             else:
                 reads_when_called = _global_reads(self.table)
                 binds_when_called = _global_binds(self.table)
-                read_before_assigned = _read_before_assigned(self.node, self.table)
+                read_before_assigned = {name: line + self.offset for name, line in _read_before_assigned(self.node, self.table).items()}
             self._reads = (reads_when_called, reads_later, binds_when_called, read_before_assigned)
         return self._reads
 
@@ -111,7 +112,7 @@ class _Definition:
                     line = self._first_reads.get(n.id)
                     if line is None or n.lineno < line:
                         self._first_reads[n.id] = n.lineno
-        return self._first_reads.get(name, getattr(self.node, "lineno", 1))
+        return self._first_reads.get(name, getattr(self.node, "lineno", 1)) + self.offset
 
 
 @functools.lru_cache(maxsize=8)  # one pass's "after" is the next pass's "before"
@@ -119,14 +120,52 @@ def unbound_reads(source: str) -> tuple[Unbound, ...] | None:
     """Every read of a name that is not bound when the kernel runs it; None when the source does
     not parse (or is too deep for the parser)."""
     try:
-        tree = ast.parse(source)
+        parts = _parsed_cells(source) or [(0, ast.parse(source))]
         table = symtable.symtable(source, "<notebook>", "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     try:
-        return tuple(_Walk(_top_level_tables(table)).run(tree))
+        return tuple(_Walk(_top_level_tables(table)).run(parts))
     except RecursionError:
         return None
+
+
+_CELL_MARKER = re.compile(r"^# %% nbrefactor-cell ", re.MULTILINE)  # the join's markers (nbrefactor.notebook.join)
+_last_cells: dict[str, ast.Module] = {}  # the cells of the module last read, by text (never changed by the gate)
+
+
+def _parsed_cells(source: str) -> list[tuple[int, ast.Module]] | None:
+    """The module's `ast` as the trees of its cells (the text from one cell marker to the next),
+    each parsed alone, with the number of module lines before it. The cells of the module read
+    last are kept by their text (those of one module, not more): a fix changes a few cells, and
+    the gate's "after" parses only those.
+    None, for one parse of the whole text, where that is not sure to give the same statements:
+    a piece that does not parse alone (a statement across a marker), `__future__` imports (they
+    change the parser for what follows), bare carriage returns (other line counts), one piece."""
+    if "__future__" in source or "\r" in source:
+        return None
+    starts = [m.start() for m in _CELL_MARKER.finditer(source)]
+    if not starts or (len(starts) == 1 and starts[0] == 0):
+        return None
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    global _last_cells
+    known, cells = _last_cells, {}
+    out = []
+    line = 0
+    for start, end in zip(starts, [*starts[1:], len(source)]):
+        piece = source[start:end]
+        tree = known.get(piece) or cells.get(piece)
+        if tree is None:
+            try:
+                tree = ast.parse(piece)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                return None
+        cells[piece] = tree
+        out.append((line, tree))
+        line += piece.count("\n")
+    _last_cells = cells
+    return out
 
 
 def new_unbound(before: str, after: str) -> list[Unbound]:
@@ -170,11 +209,11 @@ def _global_binds(table: symtable.SymbolTable) -> set[str]:
     return out
 
 
-def _definition(node: ast.AST, tables) -> _Definition | None:
-    table = tables.get((node.name, node.lineno))
+def _definition(node: ast.AST, tables, offset: int = 0) -> _Definition | None:
+    table = tables.get((node.name, node.lineno + offset))
     if table is None:
         return None
-    return _Definition(node.name, node, table)
+    return _Definition(node.name, node, table, offset)
 
 
 def _read_before_assigned(node: ast.AST, table: symtable.SymbolTable) -> dict[str, int]:
@@ -329,10 +368,13 @@ class _Walk:
         self.used_classes: dict[str, _Definition] = {}
         self.found: list[Unbound] = []
         self.new_classes: list[str] = []  # used classes met since `run` last looked
+        self.offset = 0  # module line = a node's line + offset, in the piece being walked
 
-    def run(self, tree: ast.Module) -> list[Unbound]:
-        for statement in tree.body:
-            self.statement(statement)
+    def run(self, parts: list[tuple[int, ast.Module]]) -> list[Unbound]:
+        for offset, tree in parts:
+            self.offset = offset
+            for statement in tree.body:
+                self.statement(statement)
         # Hooks run during a launch: by the end, at the latest. The classes in name order, those
         # that checking one of them reaches included (a heap: not a sort per class).
         done: set[str] = set()
@@ -360,7 +402,7 @@ class _Walk:
         available = _BoundBefore(self.bound, len(self.bound), now.binds)
         for name in now.reads:
             if name.id not in available:
-                self.report(Unbound(name.id, name.lineno))
+                self.report(Unbound(name.id, name.lineno + self.offset))
         used = {n.id for n in now.reads if n.id in self.definitions}
         for name in sorted(used):
             self.call(self.definitions[name], available, set())
@@ -369,7 +411,7 @@ class _Walk:
         for name in now.binds:
             self.definitions.pop(name, None)
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            d = _definition(statement, self.tables)
+            d = _definition(statement, self.tables, self.offset)
             if d is not None:
                 self.definitions[d.name] = d
 
