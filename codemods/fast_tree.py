@@ -88,12 +88,19 @@ class BuiltModule(cst.Module):
         span = self.spans.get(id(node))
         if span is None:
             return None
+        from libcst.metadata import CodePosition, CodeRange
+
         line, col, end_line, end_col = span
-        if isinstance(node, cst.Tuple) and _parenthesized(self.lines, *span):
-            col, end_col = col + 1, end_col - 1  # libcst's range leaves out a tuple's own parentheses
-        start = cst.metadata.CodePosition(line, _chars(self.lines[line - 1], col))
-        end = cst.metadata.CodePosition(end_line, _chars(self.lines[end_line - 1], end_col))
-        return cst.metadata.CodeRange(start, end)
+        if type(node) is cst.Tuple:
+            try:
+                wrapped = _parenthesized(self.lines, *span)
+            except Decline:
+                return None
+            if wrapped:  # libcst's range leaves out a tuple's own parentheses
+                col, end_col = col + 1, end_col - 1
+        start = CodePosition(line, _chars(self.lines[line - 1], col))
+        end = CodePosition(end_line, _chars(self.lines[end_line - 1], end_col))
+        return CodeRange(start, end)
 
 
 _LIVE: weakref.WeakSet[BuiltModule] = weakref.WeakSet()
@@ -242,7 +249,9 @@ class _Builder:
     def __init__(self, source: str):
         self.lines = source.split("\n")
         self.spans: dict[int, tuple[int, int, int, int]] = {}
-        self.line_shift = 0  # string pieces parsed on their own: their positions, moved
+        # Trees parsed apart from the module (a cell; a literal of an implicit string concatenation)
+        # are placed by these: lines before the tree, and columns before its first line.
+        self.line_shift = 0
         self.col_shift = 0
         self._ops: dict[type, cst.CSTNode] = {}
         self.previous_end = 0  # the module line where the last top-level statement ended
