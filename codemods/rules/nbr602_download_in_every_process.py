@@ -6,6 +6,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.fast_tree import source_of
+from codemods.walk import children
 from codemods.facts import NotebookFacts, runs_before
 from codemods.rules.base import (
     Applicability,
@@ -27,35 +28,35 @@ def _downloads(call: cst.Call) -> bool:
     return arg is not None and isinstance(arg.value, cst.Name) and arg.value.value == "True"
 
 
-class _Downloads(cst.CSTVisitor):
-    """Every `...(download=True)` call: (call, enclosing function names, under a rank guard)."""
-
-    def __init__(self) -> None:
-        self.functions: list[str] = []
-        self.guards = 0
-        self.found: list[tuple[cst.Call, tuple[str, ...], bool]] = []
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.functions.append(node.name.value)
-
-    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.functions.pop()
-
-    def visit_If(self, node: cst.If) -> None:
-        self.guards += _guarding(node.test)
-
-    def leave_If(self, node: cst.If) -> None:
-        self.guards -= _guarding(node.test)
-
-    def visit_With(self, node: cst.With) -> None:
-        self.guards += any(_guarding(item.item) for item in node.items)
-
-    def leave_With(self, node: cst.With) -> None:
-        self.guards -= any(_guarding(item.item) for item in node.items)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        if _downloads(node):
-            self.found.append((node, tuple(self.functions), self.guards > 0))
+def _downloads_in(node: cst.CSTNode) -> list[tuple[cst.Call, tuple[str, ...], bool]]:
+    """Every `...(download=True)` call under `node`: (call, enclosing function names, under a rank
+    guard). A read-only walk: libcst's visitor would rebuild (and validate) every node it passes."""
+    found: list[tuple[cst.Call, tuple[str, ...], bool]] = []
+    functions: list[str] = []
+    guards = 0
+    stack: list[tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        n, leaving = stack.pop()
+        t = type(n)
+        step = 0
+        if t is cst.FunctionDef:
+            if leaving:
+                functions.pop()
+            else:
+                functions.append(n.name.value)
+        elif t is cst.If:
+            step = _guarding(n.test)
+        elif t is cst.With:
+            step = any(_guarding(item.item) for item in n.items)
+        elif t is cst.Call and not leaving and _downloads(n):
+            found.append((n, tuple(functions), guards > 0))
+        if leaving:
+            guards -= step
+            continue
+        guards += step
+        stack.append((n, True))
+        stack.extend((c, False) for c in reversed(children(n)))
+    return found
 
 
 def _guarding(expr: cst.BaseExpression) -> bool:
@@ -188,9 +189,7 @@ class Data(L.LightningDataModule):
 
     def check(self, facts):
         for index, st in enumerate(facts.statements):
-            visitor = _Downloads()
-            st.node.visit(visitor)
-            for call, functions, guarded in visitor.found:
+            for call, functions, guarded in _downloads_in(st.node):
                 why = None if guarded else self._why(facts, index, functions, call)
                 if why is not None:
                     what = N.dotted(call.func) or "the dataset"
