@@ -121,6 +121,11 @@ def _logger_read(node: cst.Attribute, loggers: dict[str, Logger], by_variable: d
 
 
 def logger_reads(facts: NotebookFacts) -> list[LoggerRead]:
+    """`_logger_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
+    return list(_derived(facts, "logger_reads", _logger_reads))
+
+
+def _logger_reads(facts: NotebookFacts) -> list[LoggerRead]:
     """Reads of an unpinned logger's version-dependent attributes in the notebook process after a
     forked launch, with no read before that launch (which would have chosen the version for all)."""
     variables = _logger_variables(facts)
@@ -299,6 +304,11 @@ def _handed(facts: NotebookFacts, launch: int, trainers: dict[str, list[int]]) -
 
 
 def stale_reads(facts: NotebookFacts) -> list[StaleRead]:
+    """`_stale_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
+    return list(_derived(facts, "stale_reads", _stale_reads))
+
+
+def _stale_reads(facts: NotebookFacts) -> list[StaleRead]:
     """The first read, after each forked launch, of what that launch's training processes changed."""
     mutations = training_mutations(facts)
     if not mutations:
@@ -317,6 +327,13 @@ def stale_reads(facts: NotebookFacts) -> list[StaleRead]:
                 reported.add((found[2], found[1]))
                 reads.append(StaleRead(node, st.index, found[1], found[0], found[2]))
     return reads
+
+
+def _derived(facts: NotebookFacts, key: str, compute):
+    known = facts._derived.get(key)
+    if known is None:
+        known = facts._derived[key] = compute(facts)
+    return known
 
 
 def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, instances: dict[str, str], trainers: dict):
@@ -395,6 +412,11 @@ def _lightning_state(node: cst.CSTNode, trainers: set[str], callbacks: dict[str,
 
 
 def lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
+    """`_lightning_state_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
+    return list(_derived(facts, "lightning_state_reads", _lightning_state_reads))
+
+
+def _lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
     """The first read, after each forked Trainer launch, of Lightning state the launch leaves in
     the training processes (`trainer.current_epoch`, `checkpoint.best_model_score`, ...)."""
     launches = trainer_launches(facts)

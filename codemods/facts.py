@@ -198,6 +198,8 @@ class NotebookFacts:
     _code: str | None = field(default=None, repr=False, compare=False)  # `module.code`, once printed
     _last_launch: tuple[int, int | None] | None = field(default=None, repr=False, compare=False)
     _definers: tuple[int, dict[str, list[int]]] | None = field(default=None, repr=False, compare=False)
+    # What a rule and its fix both derive from these facts (the stale reads after a launch), once.
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def code(self) -> str:
