@@ -105,6 +105,8 @@ def bench_fix(corpus: Path, repeat: int) -> list[tuple[str, str, str, str]]:
     sys.path.insert(0, str(ROOT))
     import libcst as cst
 
+    import nbrefactor.cli  # noqa: F401 - the process `nbrefactor fix` is (it skips the IRI grammar jupytext's import chain would compile)
+
     from nbrefactor.errors import NotebookError
     from nbrefactor.fixer import fix_notebook
     from nbrefactor.notebook.join import join
