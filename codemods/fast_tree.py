@@ -20,6 +20,7 @@ import ast
 import dataclasses
 import io
 import re
+import threading
 import tokenize
 import weakref
 from collections.abc import Iterable
@@ -104,12 +105,15 @@ class BuiltModule(cst.Module):
 
 
 _LIVE: weakref.WeakSet[BuiltModule] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()  # the Lab server and the language server check in threads
 
 
 def source_of(node: cst.CSTNode) -> str:
     """The code of `node` as its module shows it: the source text for a built node (a live built
     module holds every node it spans, so an id found there is that node), else libcst's printing."""
-    for module in list(_LIVE):
+    with _LIVE_LOCK:
+        modules = list(_LIVE)
+    for module in modules:
         if id(node) in module.spans:
             return module.code_for_node(node)
     return cst.Module([]).code_for_node(node)
@@ -854,5 +858,6 @@ def build(source: str, segments: Iterable[tuple[int, ast.Module]] | None = None)
     object.__setattr__(module, "source", source)
     object.__setattr__(module, "lines", builder.lines)
     object.__setattr__(module, "spans", builder.spans)
-    _LIVE.add(module)
+    with _LIVE_LOCK:
+        _LIVE.add(module)
     return module
