@@ -194,3 +194,17 @@ def test_corpus_and_goldens_find_the_same_on_both_trees():
             parsed = cst.parse_module(joined.code)
             assert _same(module, parsed) == [], path
     assert compared >= 40 and built >= compared - 3, (compared, built)
+
+
+def test_classes_the_analysis_tests_by_identity_have_no_subclasses():
+    """The analysis tests these libcst classes with `type(node) is cst.X` (an ABC's isinstance per
+    node was a fifth of a check); a libcst that subclassed one would make those tests miss nodes."""
+    import re
+
+    used = set()
+    for path in glob.glob(os.path.join(ROOT, "codemods", "**", "*.py"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            used |= set(re.findall(r"\b(?:type\([^)]*\)|t|kind) is cst\.([A-Za-z]+)", f.read()))
+    assert {"Name", "Call", "Attribute", "Assign"} <= used
+    for name in sorted(used):
+        assert getattr(cst, name).__subclasses__() == [], name
