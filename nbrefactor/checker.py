@@ -237,48 +237,19 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
 
     libcst's PositionProvider over a whole notebook costs ~40 ms per 500 lines; positions are only
     needed where there are findings, so each top-level statement that holds one is measured in a
-    module of its own, shifted by the lines before it. With `joined` (what `module` was parsed
-    from), the lines before it are counted from its cell's marker, whose line the join recorded,
-    not by printing every statement before it.
+    module of its own, shifted by the lines before it (`statement_lines`).
     """
     from libcst.metadata import MetadataWrapper, PositionProvider
-
-    from codemods.walk import walk
 
     position = getattr(module, "position", None)  # a module built from `ast` knows its nodes' places
     if position is not None:
         known = {n: position(n) for n in nodes}
         if all(span is not None for span in known.values()):
             return known
-    owner = {id(n): owners[id(n)] for n in nodes if owners and id(n) in owners}
-    wanted = {id(n) for n in nodes} - set(owner)
-    for index, stmt in enumerate(module.body):  # the rest: arguments, calls in function bodies
-        if not wanted:
-            break
-        for n in walk(stmt):
-            if id(n) in wanted:
-                owner[id(n)] = index
-                wanted.discard(id(n))
+    by_statement = statements_holding(module, nodes, owners)
     out: dict = {}
-    by_statement: dict[int, list[cst.CSTNode]] = {}
-    for n in nodes:
-        if id(n) in owner:
-            by_statement.setdefault(owner[id(n)], []).append(n)
-    markers = _marker_lines(joined)
     body = module.body
-    line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
-    for index in sorted(by_statement):
-        if markers:  # the nearest statement at or before this one that opens with a cell marker
-            j = index
-            while j > at:
-                start = _marker_start(body[j], markers)
-                if start is not None:
-                    line, at = start, j
-                    break
-                j -= 1
-        while at < index:
-            line += module.code_for_node(body[at]).count("\n")
-            at += 1
+    for index, line, _ in statement_lines(module, joined, sorted(by_statement)):
         alone = module.with_changes(body=[body[index]], header=[], footer=[])
         positions = MetadataWrapper(alone, unsafe_skip_copy=True).resolve(PositionProvider)
         for n in by_statement[index]:
@@ -292,6 +263,52 @@ def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[in
             out.update(MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider))
             break
     return out
+
+
+def statements_holding(module: cst.Module, nodes: list, owners: dict[int, int] | None = None) -> dict[int, list]:
+    """Top-level statement index -> the `nodes` inside it (`owners`: id(node) -> index, known
+    already); a node inside no statement is left out."""
+    from codemods.walk import walk
+
+    owner = {id(n): owners[id(n)] for n in nodes if owners and id(n) in owners}
+    wanted = {id(n) for n in nodes} - set(owner)
+    for index, stmt in enumerate(module.body):  # the rest: arguments, calls in function bodies
+        if not wanted:
+            break
+        for n in walk(stmt):
+            if id(n) in wanted:
+                owner[id(n)] = index
+                wanted.discard(id(n))
+    out: dict[int, list] = {}
+    for n in nodes:
+        if id(n) in owner:
+            out.setdefault(owner[id(n)], []).append(n)
+    return out
+
+
+def statement_lines(module: cst.Module, joined: JoinedNotebook | None, indices: list[int]):
+    """(index, module line where it starts, its number of lines) for the top-level statements at
+    the sorted `indices`. With `joined` (what `module` was parsed from), the lines before a
+    statement are counted from its cell's marker, whose line the join recorded, not by printing
+    every statement before it."""
+    markers = _marker_lines(joined)
+    body = module.body
+    line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
+    for index in indices:
+        if markers:  # the nearest statement at or before this one that opens with a cell marker
+            j = index
+            while j > at:
+                start = _marker_start(body[j], markers)
+                if start is not None:
+                    line, at = start, j
+                    break
+                j -= 1
+        while at < index:
+            line += module.code_for_node(body[at]).count("\n")
+            at += 1
+        n_lines = module.code_for_node(body[index]).count("\n")
+        yield index, line, n_lines
+        line, at = line + n_lines, index + 1
 
 
 def _marker_lines(joined: JoinedNotebook | None) -> dict[int, int] | None:

@@ -79,42 +79,16 @@ def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
 
 
 def _cells_by_statement(module, joined, nodes: list) -> dict[int, int]:
-    from codemods.walk import walk
-    from nbrefactor.checker import _marker_lines, _marker_start
+    from nbrefactor.checker import statement_lines, statements_holding
 
-    wanted = {id(n) for n in nodes}
-    owned: dict[int, list[int]] = {}  # statement index -> ids of the nodes inside it
-    for index, stmt in enumerate(module.body):
-        if not wanted:
-            break
-        found = [id(n) for n in walk(stmt) if id(n) in wanted]
-        if found:
-            owned[index] = found
-            wanted.difference_update(found)
+    owned = statements_holding(module, nodes)
     out: dict[int, int] = {}
-    markers = _marker_lines(joined)
-    body = module.body
-    line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
-    for index in sorted(owned):
-        if markers:  # the nearest statement at or before this one that opens with a cell marker
-            j = index
-            while j > at:
-                start = _marker_start(body[j], markers)
-                if start is not None:
-                    line, at = start, j
-                    break
-                j -= 1
-        while at < index:
-            line += module.code_for_node(body[at]).count("\n")
-            at += 1
-        stmt = body[index]
-        n_lines = module.code_for_node(stmt).count("\n")
-        first, last = line + len(getattr(stmt, "leading_lines", ())), line + n_lines - 1
-        line, at = line + n_lines, index + 1
+    for index, line, n_lines in statement_lines(module, joined, sorted(owned)):
+        first, last = line + len(getattr(module.body[index], "leading_lines", ())), line + n_lines - 1
         try:
             cell = joined.locate(first)[0] if first <= last else None
             if cell is not None and joined.locate(last)[0] == cell:
-                out.update(dict.fromkeys(owned[index], cell + 1))
+                out.update((id(n), cell + 1) for n in owned[index])
         except ValueError:  # before the first cell (never expected): `node_positions` says
             pass
     return out
