@@ -350,9 +350,9 @@ class _Builder:
         line, col, _, _ = self.spans_of(node)
         built = []
         for (row, column), piece in pieces:
-            piece_line = line + row
-            piece_col = (col if row == 0 else 0) + len(piece_text_prefix_bytes(self.lines, piece_line, col if row == 0 else 0, column))
-            built.append(self.piece(piece, piece_line, piece_col))
+            text_line = self.lines[line + row - 1]
+            chars = (_chars(text_line, col) if row == 0 else 0) + column  # the piece's column, in characters
+            built.append(self.piece(piece, line + row, len(text_line[:chars].encode("utf-8"))))
         out = built[-1]
         for left in reversed(built[:-1]):
             out = make(cst.ConcatenatedString, left=left, right=out)
@@ -750,11 +750,6 @@ class _Builder:
 _EXPRESSIONS = {
     getattr(ast, name[2:]): method for name, method in vars(_Builder).items() if name.startswith("e_") and hasattr(ast, name[2:])
 }
-
-
-def piece_text_prefix_bytes(lines: list[str], line: int, start_col: int, char_column: int) -> bytes:
-    """The UTF-8 bytes of `lines[line-1]` from byte `start_col`, `char_column` characters long."""
-    return lines[line - 1].encode("utf-8")[start_col:].decode("utf-8")[:char_column].encode("utf-8")
 
 
 def _string_pieces(text: str):

@@ -78,6 +78,7 @@ SYNTAX = [
     "# %%\n%matplotlib inline\nx = 1\n# %%\n!pip install lightning\nimport lightning as L\n",
     "def outer():\n    def inner():\n        nonlocal_value = 1\n        return nonlocal_value\n    yield inner\n    yield from range(3)\n",
     "x = (  # comment\n    a  # another\n    .b()\n)\nif x:\n    pass\n# %%\n\n\n# a comment at column 0\ny = x\n",
+    "x = f(\"é\" \"ü{a}\" f'{b}'\n      \"z\")  # pieces after non-ASCII text\nname = 'ä'; y = g(name, k='ö')\n",
 ]
 
 
