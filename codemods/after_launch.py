@@ -10,6 +10,8 @@ module finds the notebook's reads that depend on such state; the NBR5xx rules re
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import libcst as cst
@@ -25,6 +27,21 @@ VERSIONED_LOGGERS = {
     "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
 }
 VERSIONED_ATTRIBUTES = ("log_dir", "version", "experiment")  # each picks the version on first use
+
+
+def _once_per_facts(compute):
+    """`compute(facts)` worked out once per facts (a rule and its fix both ask for the same reads);
+    each caller gets its own list."""
+    key = compute.__name__
+
+    @functools.wraps(compute)
+    def once(facts: NotebookFacts):
+        known = facts._derived.get(key)
+        if known is None:
+            known = facts._derived[key] = compute(facts)
+        return list(known)
+
+    return once
 
 
 def top_level_code(node: cst.CSTNode):
@@ -120,12 +137,8 @@ def _logger_read(node: cst.Attribute, loggers: dict[str, Logger], by_variable: d
     return None
 
 
+@_once_per_facts
 def logger_reads(facts: NotebookFacts) -> list[LoggerRead]:
-    """`_logger_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
-    return list(_derived(facts, "logger_reads", _logger_reads))
-
-
-def _logger_reads(facts: NotebookFacts) -> list[LoggerRead]:
     """Reads of an unpinned logger's version-dependent attributes in the notebook process after a
     forked launch, with no read before that launch (which would have chosen the version for all)."""
     variables = _logger_variables(facts)
@@ -303,12 +316,8 @@ def _handed(facts: NotebookFacts, launch: int, trainers: dict[str, list[int]]) -
     return names
 
 
+@_once_per_facts
 def stale_reads(facts: NotebookFacts) -> list[StaleRead]:
-    """`_stale_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
-    return list(_derived(facts, "stale_reads", _stale_reads))
-
-
-def _stale_reads(facts: NotebookFacts) -> list[StaleRead]:
     """The first read, after each forked launch, of what that launch's training processes changed."""
     mutations = training_mutations(facts)
     if not mutations:
@@ -327,13 +336,6 @@ def _stale_reads(facts: NotebookFacts) -> list[StaleRead]:
                 reported.add((found[2], found[1]))
                 reads.append(StaleRead(node, st.index, found[1], found[0], found[2]))
     return reads
-
-
-def _derived(facts: NotebookFacts, key: str, compute):
-    known = facts._derived.get(key)
-    if known is None:
-        known = facts._derived[key] = compute(facts)
-    return known
 
 
 def _stale(facts: NotebookFacts, node: cst.CSTNode, index: int, watched: dict, instances: dict[str, str], trainers: dict):
@@ -411,12 +413,8 @@ def _lightning_state(node: cst.CSTNode, trainers: set[str], callbacks: dict[str,
     return None
 
 
+@_once_per_facts
 def lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
-    """`_lightning_state_reads(facts)`, worked out once per facts (the rule and its fix both ask)."""
-    return list(_derived(facts, "lightning_state_reads", _lightning_state_reads))
-
-
-def _lightning_state_reads(facts: NotebookFacts) -> list[StaleRead]:
     """The first read, after each forked Trainer launch, of Lightning state the launch leaves in
     the training processes (`trainer.current_epoch`, `checkpoint.best_model_score`, ...)."""
     launches = trainer_launches(facts)

@@ -6,6 +6,8 @@ everything at top level, so a table of import aliases built in one pass is enoug
 
 from __future__ import annotations
 
+import functools
+
 import libcst as cst
 
 # Old and split-out package names and re-export paths, mapped to one canonical spelling.
@@ -41,19 +43,10 @@ _TOP_LEVEL_REEXPORTS = {  # `lightning.X` is `lightning.pytorch.X` or `lightning
 def canonical(qname: str | None) -> str | None:
     """One spelling per API: `pytorch_lightning.Trainer` and `lightning.Trainer` both give
     `lightning.pytorch.Trainer`."""
-    if qname is None:
-        return None
-    known = _CANONICAL.get(qname)
-    if known is None:
-        if len(_CANONICAL) > 50_000:  # bounded: a server checks many notebooks in one process
-            _CANONICAL.clear()
-        known = _CANONICAL[qname] = _canonical(qname)
-    return known
+    return None if qname is None else _canonical(qname)
 
 
-_CANONICAL: dict[str, str] = {}  # a notebook asks for the same few names thousands of times
-
-
+@functools.lru_cache(maxsize=65536)  # a notebook asks for the same few names thousands of times
 def _canonical(qname: str) -> str:
     for old, new in _PREFIXES:
         if old.endswith("."):
