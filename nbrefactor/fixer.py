@@ -67,10 +67,8 @@ def _cells_of_nodes(check: NotebookCheck, nodes: list) -> dict[int, int]:
     placed by `node_positions`."""
     if not nodes:
         return {}
-    module, joined = check.module, check.joined
-    out: dict[int, int] = {}
-    if getattr(module, "position", None) is None:
-        out = _cells_by_statement(module, joined, nodes)
+    module, joined = check.module, check.joined  # libcst's: the fixer's checks are never `for_reading`
+    out = _cells_by_statement(module, joined, nodes)
     rest = [n for n in nodes if id(n) not in out]
     if rest:
         positions = node_positions(module, rest, joined=joined)
