@@ -46,14 +46,17 @@ class _Decline(Exception):
 
 class FastText:
     """What `read` found: the format name, the notebook metadata (the YAML header's `jupyter:`
-    mapping) and the cells as (cell_type, source, metadata)."""
+    mapping), the cells as (cell_type, source, metadata) and where each cell lies: [start, end)
+    in the text's lines (`str.splitlines`), as jupytext's reading loop takes them."""
 
-    __slots__ = ("format_name", "metadata", "cells")
+    __slots__ = ("format_name", "metadata", "cells", "spans")
 
-    def __init__(self, format_name: str, metadata: dict, cells: list[tuple[str, str, dict]]):
+    def __init__(self, format_name: str, metadata: dict, cells: list[tuple[str, str, dict]],
+                 spans: list[tuple[int, int]] | None = None):
         self.format_name = format_name
         self.metadata = metadata
         self.cells = cells
+        self.spans = spans if spans is not None else []
 
 
 # --- jupytext's regular expressions (for the Python script formats) -----------------------------
@@ -990,14 +993,57 @@ def _read_py(text: str) -> FastText:
     ctx = _Lines(all_lines[pos:])
     reader = _percent_cell if format_name == "percent" else _light_cell
     cells: list[tuple[str, str, dict]] = []
+    spans: list[tuple[int, int]] = []
     s = 0
     while s < ctx.n:
         cell, nxt = reader(ctx, s)
         if nxt <= s:  # jupytext raises "Blocked at lines": let it
             raise _Decline("no progress")
         cells.append(_check_schema(_cell_language(cell)))
+        spans.append((pos + s, pos + nxt))
         s = nxt
-    return FastText(format_name, metadata, cells)
+    return FastText(format_name, metadata, cells, spans)
+
+
+# --- writing one percent cell, and reading one cell (for `nbrefactor.notebook.text`) --------------
+
+
+def is_percent_marker(line: str) -> bool:
+    """Does this line (line end allowed) start a cell in the percent format (jupytext's
+    `start_code_re` or `alternative_start_code_re`)?"""
+    return _is_percent_marker(line.rstrip("\r\n"))
+
+
+def percent_code_lines(source: str) -> list[str] | None:
+    """The lines under the marker of a Python code cell with `source`, as jupytext's percent
+    exporter writes them (`DoublePercentCellExporter.cell_to_text` with the default options: the
+    magics commented out), up to the last non-blank line; None for a cell it would write
+    otherwise (a cell magic, which jupytext turns into cell options)."""
+    lines = [""] if source == "" else source.splitlines() + ([""] if source.endswith("\n") else [])
+    if lines[0].startswith("%%"):
+        return None
+    parser = _StringParser()
+    next_is_magic = False
+    for pos, line in enumerate(lines):  # jupytext.magics.comment_magic, explicitly code
+        if not parser.is_quoted() and (next_is_magic or _is_magic(line, True)):
+            unindented = line if next_is_magic else line.lstrip()
+            lines[pos] = line[: len(line) - len(unindented)] + "# " + unindented
+            next_is_magic = bool(_LINE_CONTINUATION_RE.match(line))
+        parser.read_line(line)
+    while lines and _blank(lines[-1]):
+        lines.pop()
+    return lines
+
+
+def read_one_cell(lines: list[str], format_name: str) -> tuple[dict, int]:
+    """(the cell's metadata, the number of lines it takes) for the first cell of `lines` (no line
+    ends) in a `.py` notebook of this format without options: what jupytext's cell reader's
+    `read(lines)` gives. Raises ValueError where the fast reader would not be sure."""
+    try:
+        (_, _, metadata), used = (_percent_cell if format_name == "percent" else _light_cell)(_Lines(lines), 0)
+    except (_Decline, RecursionError) as err:
+        raise ValueError(str(err)) from None
+    return metadata, used
 
 
 _SCHEMA_KEYS = frozenset(["jupyter", "name", "tags", "collapsed", "scrolled", "execution", "format"])

@@ -92,7 +92,7 @@ def _render_text(nb: Notebook, changed: dict[int, str], deleted: set[int] = froz
     from nbrefactor.notebook.text import TextLayoutError, splice
 
     try:
-        return splice(nb._jupytext_nb, nb.raw, nb.format, changed, set(deleted), nb._jupytext_config)
+        return splice(lambda: nb._jupytext_nb, nb.raw, nb.format, changed, set(deleted), nb._jupytext_config)
     except TextLayoutError as err:
         raise NotebookError(nb.path, f"cannot rewrite this {nb.format} notebook cell by cell: {err}; nothing written") from None
 

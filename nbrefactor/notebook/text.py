@@ -34,7 +34,7 @@ class TextLayout:
     spans: list[tuple[int, int]]  # per cell of the notebook: [start, end) in `lines`
     is_marker: object  # line -> bool: is it a cell's start marker in this format
     is_end_marker: object  # line -> bool: is it an explicit end-of-cell marker (light's `# -`)
-    new_reader: object  # () -> a fresh jupytext cell reader for this notebook
+    read_cell: object  # lines (no line ends) -> (metadata, lines used) of the first cell, as jupytext reads it
 
     @property
     def prefix_end(self) -> int:
@@ -129,10 +129,11 @@ def cell_layout(text: str, fmt: str | dict, config=None) -> TextLayout:
                 raise TextLayoutError(f"no cell boundary found at line {start + 1}")
             spans.append((start, start + used))
             start += used
-        def new_reader():
-            return impl.cell_reader_class(converter.fmt, default_language)
+        def read_cell(cell_lines: list[str]) -> tuple[dict, int]:
+            cell, used = impl.cell_reader_class(converter.fmt, default_language).read(cell_lines)
+            return cell.metadata, used
 
-        probe = new_reader()
+        probe = impl.cell_reader_class(converter.fmt, default_language)
     except TextLayoutError:
         raise
     except Exception as err:  # jupytext internals: any failure means we cannot locate the cells
@@ -153,7 +154,7 @@ def cell_layout(text: str, fmt: str | dict, config=None) -> TextLayout:
     def is_end_marker(line: str) -> bool:
         return end is not None and bool(end.match(line.rstrip("\r\n")))
 
-    return TextLayout(lines, spans, is_marker, is_end_marker, new_reader)
+    return TextLayout(lines, spans, is_marker, is_end_marker, read_cell)
 
 
 # --- splicing ----------------------------------------------------------------------------------
@@ -209,7 +210,17 @@ def _render_cell(node, index: int, source: str, fmt: str, config, newline: str) 
 
 def splice(node, raw: str, fmt: str, changed: dict[int, str], deleted=frozenset(), config=None) -> str:
     """`raw` (whose cells jupytext reads as `node`) with the `changed` cells' sources replaced and
-    the `deleted` cells removed; every other line as it was."""
+    the `deleted` cells removed; every other line as it was.
+
+    `node` may be a function that reads it: a percent script that nbrefactor's own reader reads is
+    spliced without jupytext (`_splice_percent`), and jupytext reads it only where that declines."""
+    fast = _splice_percent(raw, fmt, changed, deleted, config)
+    if fast is not None:
+        return fast
+    return _splice_with_jupytext(node() if callable(node) else node, raw, fmt, changed, deleted, config)
+
+
+def _splice_with_jupytext(node, raw: str, fmt: str, changed: dict[int, str], deleted, config) -> str:
     layout = cell_layout(raw, fmt, config)
     if len(layout.spans) != len(node.cells):
         raise TextLayoutError(f"found {len(layout.spans)} cells where jupytext reads {len(node.cells)}")
@@ -230,8 +241,9 @@ def splice(node, raw: str, fmt: str, changed: dict[int, str], deleted=frozenset(
     # one, if it reads back that way; otherwise it gets jupytext's marker.
     attempts = [{**{i: pieces[i] for i in range(len(pieces))}, **unmarked}] if unmarked else []
     attempts.append({i: pieces[i] for i in range(len(pieces))})
+    wanted = [c.metadata.get("lines_to_next_cell") for c in node.cells]
     for n, attempt in enumerate(attempts):
-        text = _assemble(layout, node, [attempt[i] for i in range(len(pieces))], blanks, changed, deleted, raw, newline)
+        text = _assemble(layout, wanted, [attempt[i] for i in range(len(pieces))], blanks, changed, deleted, raw, newline)
         try:
             _verify(text, node, fmt, config, changed, deleted)
             return text
@@ -241,7 +253,51 @@ def splice(node, raw: str, fmt: str, changed: dict[int, str], deleted=frozenset(
     raise AssertionError("unreachable")
 
 
-def _assemble(layout, node, pieces, blanks, changed, deleted, raw, newline) -> str:
+def _splice_percent(raw: str, fmt: str, changed: dict[int, str], deleted, config) -> str | None:
+    """`splice` for a `.py` percent script, without jupytext: the cells located, a changed code
+    cell written (under its own marker) and the result read back by `fast_text`, which reads
+    exactly as jupytext does (tests/test_text_reader.py); the lines written for a changed cell are
+    what jupytext's percent exporter writes (tests/test_text_writer.py). None wherever it is not
+    sure (a configuration, options in the header, a cell magic, a cell without a marker, or a
+    result that does not read back): `splice` then does it with jupytext."""
+    from nbrefactor.notebook import fast_text
+
+    name = fmt.split(":", 1)[1] if ":" in fmt else None
+    if config is not None or fmt.split(":", 1)[0].lstrip(".") != "py" or name not in (None, "percent"):
+        return None
+    got = fast_text.read(raw, ".py")
+    if got is None or got.format_name != "percent" or any(got.cells[i][0] != "code" for i in changed if i < len(got.cells)):
+        return None
+    layout = TextLayout(raw.splitlines(keepends=True), got.spans, fast_text.is_percent_marker, lambda line: False,
+                        lambda lines: fast_text.read_one_cell(lines, "percent"))
+    newline = _newline_of(layout.lines)
+    pieces, blanks = [], []
+    for i, (start, end) in enumerate(layout.spans):
+        content, n_blank = _content_and_blanks(layout.lines[start:end])
+        if i in changed:
+            body = fast_text.percent_code_lines(changed[i])
+            if not body or not content or not layout.is_marker(content[0]):
+                return None
+            content = _keep_markers(layout, content, ["# %%" + newline, *(ln + newline for ln in body)], newline)
+        pieces.append(content)
+        blanks.append(layout.lines[end - n_blank : end])
+    wanted = [metadata.get("lines_to_next_cell") for _, _, metadata in got.cells]
+    text = _assemble(layout, wanted, pieces, blanks, changed, deleted, raw, newline)
+    back = fast_text.read(text, ".py")
+    if back is None or back.format_name != "percent":
+        return None
+    expected = [(i, c) for i, c in enumerate(got.cells) if i not in deleted]
+    if len(back.cells) != len(expected):
+        return None
+    for (cell_type, source, metadata), (i, (want_type, want_source, want_metadata)) in zip(back.cells, expected):
+        if cell_type != want_type or source != changed.get(i, want_source) or _comparable(metadata) != _comparable(want_metadata):
+            return None
+    return text
+
+
+def _assemble(layout, wanted_blanks, pieces, blanks, changed, deleted, raw, newline) -> str:
+    """The text from each cell's lines and the blank lines after it (`wanted_blanks`: each cell's
+    `lines_to_next_cell` metadata as read, or None)."""
     blanks = list(blanks)
     kept = [i for i in range(len(pieces)) if i not in deleted]
     # The blank lines after an edited cell, and after the cell before an edited or removed one.
@@ -255,8 +311,7 @@ def _assemble(layout, node, pieces, blanks, changed, deleted, raw, newline) -> s
     for pos, i in enumerate(kept):
         if i in affected:
             following = [ln for j in kept[pos + 1 :] for ln in pieces[j] + blanks[j]]
-            wanted = node.cells[i].metadata.get("lines_to_next_cell")
-            blanks[i] = _settle_blank_lines(layout, pieces[i], len(blanks[i]), following, wanted, newline)
+            blanks[i] = _settle_blank_lines(layout, pieces[i], len(blanks[i]), following, wanted_blanks[i], newline)
     out = layout.lines[: layout.prefix_end] + [ln for i in kept for ln in pieces[i] + blanks[i]]
     text = "".join(out)
     if out and not raw.endswith(("\n", "\r")) and text.endswith(newline):
@@ -292,11 +347,11 @@ def _settle_blank_lines(layout, content, current, following, wanted, newline) ->
     derived = {}
     for n in dict.fromkeys([current, 1, 2, 0, 3]):
         try:
-            cell, used = layout.new_reader().read(bare_content + [""] * n + bare_following)
+            metadata, used = layout.read_cell(bare_content + [""] * n + bare_following)
         except Exception:  # noqa: BLE001 - jupytext internals
             continue
         if used == len(bare_content) + n:
-            derived[n] = cell.metadata.get("lines_to_next_cell")
+            derived[n] = metadata.get("lines_to_next_cell")
     for n, value in derived.items():
         if value == wanted:
             return [newline] * n
