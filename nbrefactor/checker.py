@@ -51,6 +51,7 @@ class NotebookCheck:
     joined: JoinedNotebook | None = None
     module: cst.Module | None = None
     facts: object | None = None
+    found: bool = True  # the rules were run (`check_notebook(..., findings=False)` leaves it to `find_in`)
 
 
 def parse_joined(notebook: Notebook, *, for_reading: bool = False) -> tuple[JoinedNotebook, cst.Module, list[CellWarning]]:
@@ -120,19 +121,22 @@ def _selection_key(selection: Selection):
     return (tuple(selection.select), tuple(selection.ignore))
 
 
-def check_notebook(notebook: Notebook, selection: Selection, *, for_reading: bool = False) -> NotebookCheck:
+def check_notebook(notebook: Notebook, selection: Selection, *, for_reading: bool = False, findings: bool = True) -> NotebookCheck:
     """The notebook's findings. `for_reading`: the caller reads the findings only and never hands
     the result's module or facts to a codemod (they may be built from `ast`, `codemods.fast_tree`,
-    and do not print back as the source)."""
+    and do not print back as the source). `findings=False`: the analysis without the rules (the
+    fixer's passes read the facts; `find_in` runs the rules on the check it ends with)."""
     if _reused is None:
         with collector_paused(notebook):
-            return _check_notebook(notebook, selection, for_reading)
+            return _check_notebook(notebook, selection, for_reading, findings)
     key = (notebook.path, notebook.raw, _selection_key(selection))
     if key not in _reused or not (for_reading or _rewritable(_reused[key])):
         with collector_paused(notebook):
-            _reused[key] = _check_notebook(notebook, selection, for_reading)
+            _reused[key] = _check_notebook(notebook, selection, for_reading, findings)
     hit = _reused[key]
-    return NotebookCheck(notebook, list(hit.diagnostics), list(hit.warnings), hit.joined, hit.module, hit.facts)
+    if findings:
+        find_in(hit, selection)
+    return NotebookCheck(notebook, list(hit.diagnostics), list(hit.warnings), hit.joined, hit.module, hit.facts, hit.found)
 
 
 PAUSE_COLLECTOR_FROM = 50_000  # characters of code: below, the collector's share is a few ms
@@ -172,17 +176,34 @@ def context_of(notebook: Notebook) -> str:
     return getattr(notebook, "context", "notebook")
 
 
-def _check_notebook(notebook: Notebook, selection: Selection, for_reading: bool = False) -> NotebookCheck:
+def _check_notebook(notebook: Notebook, selection: Selection, for_reading: bool = False, findings: bool = True) -> NotebookCheck:
     result = NotebookCheck(notebook)
     if not any(_RELEVANT.search(c.source) for c in notebook.code_cells):
         return result
     from codemods.facts import analyse
-    from codemods.rules import ALL_RULES, Finding
 
     joined, module, warnings = parse_joined(notebook, for_reading=for_reading)
     result.joined, result.module, result.warnings = joined, module, warnings
-    facts = analyse(module)
-    result.facts = facts
+    result.facts = analyse(module)
+    result.found = False
+    if findings:
+        find_in(result, selection)
+    return result
+
+
+def find_in(result: NotebookCheck, selection: Selection) -> None:
+    """Runs the rules on the facts of `result` and fills its diagnostics, unless that was done."""
+    if result.found:
+        return
+    with collector_paused(result.notebook):
+        _find(result, selection)
+    result.found = True
+
+
+def _find(result: NotebookCheck, selection: Selection) -> None:
+    from codemods.rules import ALL_RULES, Finding
+
+    notebook, joined, module, facts = result.notebook, result.joined, result.module, result.facts
     findings = []
     context = context_of(notebook)
     for rule in ALL_RULES:
@@ -192,7 +213,7 @@ def _check_notebook(notebook: Notebook, selection: Selection, for_reading: bool 
         for finding in checker.check(facts):
             findings.append((rule, Finding(finding.node, checker.worded(finding.message))))
     if not findings:
-        return result
+        return
     owners = {id(call): st.index for st in facts.statements for call in st.calls}
     positions = node_positions(module, [finding.node for _, finding in findings], owners, joined)
     seen = set()
@@ -228,7 +249,6 @@ def _check_notebook(notebook: Notebook, selection: Selection, for_reading: bool 
             )
         )
     result.diagnostics.sort(key=Diagnostic.sort_key)
-    return result
 
 
 def node_positions(module: cst.Module, nodes: list[cst.CSTNode], owners: dict[int, int] | None = None,

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
-from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, context_of, node_positions
+from nbrefactor.checker import Diagnostic, NotebookCheck, check_notebook, collector_paused, context_of, find_in, node_positions
 from nbrefactor.config import Selection
 from nbrefactor.notebook.join import CellBoundaryError
 from nbrefactor.notebook.model import Notebook, read_notebook
@@ -189,20 +189,23 @@ def _run_passes(notebook: Notebook, unsafe_fixes: bool, devices: int | None, sel
         current = written
     result.fixed = current.raw
     result.after = current
-    result.remaining = (check if check is not None else _check_after(current, selection, step)).diagnostics
+    final = check if check is not None else _check_after(current, selection, step)
+    find_in(final, selection)  # the passes analysed without the rules: only the last check's findings remain
+    result.remaining = final.diagnostics
     return result
 
 
 def _check_after(current: Notebook, selection: Selection, step) -> NotebookCheck:
-    """The check of `current`; after a fix `step`, the module the codemod built is analysed
+    """The analysis of `current` (its findings are looked for at the end, `find_in`); after a fix
+    `step`, the module the codemod built is analysed
     instead of parsing the same code again, where the cells join to exactly that code."""
     if step is None:
-        check = check_notebook(current, selection)
+        check = check_notebook(current, selection, findings=False)
     else:
         from nbrefactor.notebook.join import parsed_as
 
         with parsed_as(step.code, step.module):
-            check = check_notebook(current, selection)
+            check = check_notebook(current, selection, findings=False)
     if check.facts is not None and check.facts._code is None:
         # The module was parsed from the joined code, or is the codemod's module that printed as
         # exactly that code: libcst prints a module as the text it came from, so the facts take

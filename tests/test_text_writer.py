@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from nbrefactor.notebook import fast_text
-from nbrefactor.notebook.text import TextLayoutError, _render_cell, _splice_percent, _splice_with_jupytext, cell_layout, splice
+from nbrefactor.notebook.text import (
+    TextLayoutError,
+    _render_cell,
+    _splice_percent,
+    _splice_with_jupytext,
+    cell_layout,
+    splice,
+)
 from tests.test_text_reader import CORPUS_FILES, REPO_FILES
 
 PY_FILES = [p for p in CORPUS_FILES + REPO_FILES if p.suffix == ".py"]
