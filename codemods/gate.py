@@ -120,25 +120,33 @@ def unbound_reads(source: str) -> tuple[Unbound, ...] | None:
     """Every read of a name that is not bound when the kernel runs it; None when the source does
     not parse (or is too deep for the parser)."""
     try:
-        parts = _parsed_cells(source) or [(0, ast.parse(source))]
-        table = symtable.symtable(source, "<notebook>", "exec")
+        cells = _parsed_cells(source)
+        if cells is None:
+            parts = [(0, ast.parse(source))]
+            tables = _top_level_tables(symtable.symtable(source, "<notebook>", "exec"))
+        else:
+            parts = [(line, tree) for line, tree, _ in cells]
+            tables = {(name, lineno + line): table for line, _, piece in cells for (name, lineno), table in piece.items()}
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     try:
-        return tuple(_Walk(_top_level_tables(table)).run(parts))
+        return tuple(_Walk(tables).run(parts))
     except RecursionError:
         return None
 
 
 _CELL_MARKER = re.compile(r"^# %% nbrefactor-cell ", re.MULTILINE)  # the join's markers (nbrefactor.notebook.join)
-_last_cells: dict[str, ast.Module] = {}  # the cells of the module last read, by text (never changed by the gate)
+# The cells of the module last read, by text: (tree, top-level symbol tables); never changed by the gate.
+_last_cells: dict[str, tuple[ast.Module, dict]] = {}
 
 
-def _parsed_cells(source: str) -> list[tuple[int, ast.Module]] | None:
-    """The module's `ast` as the trees of its cells (the text from one cell marker to the next),
-    each parsed alone, with the number of module lines before it. The cells of the module read
-    last are kept by their text (those of one module, not more): a fix changes a few cells, and
-    the gate's "after" parses only those.
+def _parsed_cells(source: str) -> list[tuple[int, ast.Module, dict]] | None:
+    """The module's `ast` and scopes as those of its cells (the text from one cell marker to the
+    next), each parsed alone: (the number of module lines before it, its tree, its top-level symbol
+    tables by (name, line in the cell)). A function's or class's scope is the same whether its cell
+    is compiled alone or in the module (the names it does not bind are global either way). The
+    cells of the module read last are kept by their text (those of one module, not more): a fix
+    changes a few cells, and the gate's "after" parses only those.
     None, for one parse of the whole text, where that is not sure to give the same statements:
     a piece that does not parse alone (a statement across a marker), `__future__` imports (they
     change the parser for what follows), bare carriage returns (other line counts), one piece."""
@@ -155,14 +163,14 @@ def _parsed_cells(source: str) -> list[tuple[int, ast.Module]] | None:
     line = 0
     for start, end in zip(starts, [*starts[1:], len(source)]):
         piece = source[start:end]
-        tree = known.get(piece) or cells.get(piece)
-        if tree is None:
+        parsed = known.get(piece) or cells.get(piece)
+        if parsed is None:
             try:
-                tree = ast.parse(piece)
+                parsed = (ast.parse(piece), _top_level_tables(symtable.symtable(piece, "<cell>", "exec")))
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 return None
-        cells[piece] = tree
-        out.append((line, tree))
+        cells[piece] = parsed
+        out.append((line, *parsed))
         line += piece.count("\n")
     _last_cells = cells
     return out

@@ -192,15 +192,17 @@ def join(notebook: Notebook, *, for_reading: bool = False) -> JoinedNotebook:
     `for_reading`: the caller only reads the code (`check`): each cell keeps the `ast` the join
     made of it (`codemods.fast_tree` builds the analysis's tree from them), and libcst does not
     parse the module (a cell libcst would reject is then not made opaque here)."""
+    global _last_prepared
     parts: list[str] = []
     cells: list[CellInModule] = []
     magics: list[str] = []
     line = 1
+    known, prepared = ({} if for_reading else _last_prepared), {}
     for cell in notebook.code_cells:
         parts.append(f"{MARKER_PREFIX}{cell.index}\n")
         line += 1
         try:
-            body, info = _prepare_cell(cell.source, magics)
+            body, info = _prepare_known(cell.source, magics, known, prepared)
         except _TooDeep as deep:
             from nbrefactor.limits import too_deep
 
@@ -214,8 +216,33 @@ def join(notebook: Notebook, *, for_reading: bool = False) -> JoinedNotebook:
         cells.append(info)
     joined = JoinedNotebook(notebook, "".join(parts), cells, magics)
     if not for_reading:
+        _last_prepared = prepared
         parse_module(joined)
     return joined
+
+
+# The cells of the last join that was not `for_reading`, as `_prepare_cell` made them (the fixer
+# joins the notebook again after each fix, and a fix changes a few cells): (source, magics before
+# it) -> (body, opaque, parse error, its line, the magics it added). Only that join's cells are kept.
+_last_prepared: dict[tuple[str, int], tuple] = {}
+
+
+def _prepare_known(source: str, magics: list[str], known: dict, prepared: dict) -> tuple[str, CellInModule]:
+    """`_prepare_cell`, taken from `known` where the same cell was prepared after as many magics;
+    each result is recorded in `prepared` (the trees are not kept: only a join `for_reading`
+    needs them, and it records nothing)."""
+    key = (source, len(magics))
+    hit = known.get(key)
+    if hit is not None:
+        body, opaque, error, error_line, added = hit
+        magics.extend(added)
+        info = CellInModule(index=-1, first_line=-1, n_lines=0, opaque=opaque, parse_error=error, parse_error_line=error_line)
+    else:
+        before = len(magics)
+        body, info = _prepare_cell(source, magics)
+        hit = (body, info.opaque, info.parse_error, info.parse_error_line, tuple(magics[before:]))
+    prepared[key] = hit
+    return body, info
 
 
 def _prepare_cell(source: str, magics: list[str]) -> tuple[str, CellInModule]:
