@@ -22,6 +22,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.fast_tree import source_of
+from codemods.kept import kept
 from codemods.walk import children, contains, walk
 from codemods.cells import NUMBERED_MARKER, cell_after
 
@@ -330,6 +331,11 @@ _SCAN_KIND: dict[type, str] = {}
 
 
 def scan(node: cst.CSTNode) -> Scan:
+    """What runs when `node` runs (see `Scan`)."""
+    return kept("scans", node, _scan)
+
+
+def _scan(node: cst.CSTNode) -> Scan:
     out = Scan()
     stack: list[cst.CSTNode] = [node]
     kinds = _SCAN_KIND
@@ -416,6 +422,10 @@ def _walk_assignments(body: cst.CSTNode):
 def _walk_body(body: cst.CSTNode):
     """`_walk_assignments(body)`, and the `return` statements with a value among them, in one walk
     (a `return` is never directly in a class body or a lambda)."""
+    return kept("bodies", body, _walk_body_now)
+
+
+def _walk_body_now(body: cst.CSTNode):
     found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
     returns: list[cst.Return] = []
     for n in walk(body, enter=lambda n: n is body or not _is_definition(type(n))):

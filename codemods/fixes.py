@@ -28,6 +28,7 @@ import libcst as cst
 from codemods import gate, local_fixes
 from codemods.cells import BodyPlan, cell_after, rebuild
 from codemods.facts import NotebookFacts, analyse
+from codemods.kept import module_code
 from codemods.tuner import tuner_fix
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def next_step(facts: NotebookFacts, options: Options, refused: list[str]) -> Ste
         new = edit.apply(module)
         if new is module:
             continue
-        new_code = new.code
+        new_code = module_code(new)  # the statements no fix changed are not printed again
         if new_code == facts.code:
             continue
         broken = gate.new_unbound(facts.code, new_code)

@@ -311,6 +311,8 @@ def statement_lines(module: cst.Module, joined: JoinedNotebook | None, indices: 
     the sorted `indices`. With `joined` (what `module` was parsed from), the lines before a
     statement are counted from its cell's marker, whose line the join recorded, not by printing
     every statement before it."""
+    from codemods.kept import statement_code
+
     markers = _marker_lines(joined)
     body = module.body
     line, at = 1 + len(module.header), 0  # statement `at` starts at module line `line`
@@ -324,9 +326,9 @@ def statement_lines(module: cst.Module, joined: JoinedNotebook | None, indices: 
                     break
                 j -= 1
         while at < index:
-            line += module.code_for_node(body[at]).count("\n")
+            line += statement_code(module, body[at]).count("\n")
             at += 1
-        n_lines = module.code_for_node(body[index]).count("\n")
+        n_lines = statement_code(module, body[index]).count("\n")
         yield index, line, n_lines
         line, at = line + n_lines, index + 1
 

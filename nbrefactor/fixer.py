@@ -142,9 +142,12 @@ def _fix_notebook(notebook: Notebook, unsafe_fixes: bool, devices: int | None, s
     file is read back and must give the cells the passes ended with. Where it does not (a text
     format reading the new code into other cells), the passes are run again, each rendered to the
     file and read back, so that every pass analyses exactly what the file will hold."""
-    result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=True)
-    if result is None:
-        result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=False)
+    from codemods.kept import keeping_structure
+
+    with keeping_structure():  # each pass analyses a module that differs from the last by one fix
+        result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=True)
+        if result is None:
+            result = _run_passes(notebook, unsafe_fixes, devices, selection, in_memory=False)
     return result
 
 
