@@ -111,6 +111,15 @@ def reusing_checks(*seed: NotebookCheck, selection: Selection):
         _reused = outer
 
 
+def _take_findings(check: NotebookCheck, seed: NotebookCheck) -> None:
+    """A fixer's check of the text a reading check (`seed`, on the tree built from `ast`) already
+    checked takes its findings: the two trees give the same findings (tests/test_fast_tree.py),
+    where the same cells are Python in both (libcst's join makes a cell it rejects opaque)."""
+    if seed.found and seed.joined is not None and check.facts is not None and not check.found and \
+            [c.index for c in check.joined.opaque_cells] == [c.index for c in seed.joined.opaque_cells]:
+        check.diagnostics, check.found = list(seed.diagnostics), True
+
+
 def _rewritable(check: NotebookCheck) -> bool:
     from codemods.fast_tree import BuiltModule
 
@@ -131,8 +140,11 @@ def check_notebook(notebook: Notebook, selection: Selection, *, for_reading: boo
             return _check_notebook(notebook, selection, for_reading, findings)
     key = (notebook.path, notebook.raw, _selection_key(selection))
     if key not in _reused or not (for_reading or _rewritable(_reused[key])):
+        seed = _reused.get(key)
         with collector_paused(notebook):
-            _reused[key] = _check_notebook(notebook, selection, for_reading, findings)
+            _reused[key] = _check_notebook(notebook, selection, for_reading, findings and seed is None)
+        if seed is not None:
+            _take_findings(_reused[key], seed)
     hit = _reused[key]
     if findings:
         find_in(hit, selection)

@@ -150,8 +150,11 @@ def label(check, selection: Selection) -> list[Diagnostic]:
     fixable = _fixable_rules()
     if not diagnostics or not any(d.code in fixable for d in diagnostics):
         return [dataclasses.replace(d, applicability="none") for d in diagnostics]
+    from codemods.kept import keeping_structure
+
     notebook = check.notebook
-    with reusing_checks(check, selection=selection):
+    # The modes fix the same notebook: its checks and what its nodes hold are worked out once.
+    with reusing_checks(check, selection=selection), keeping_structure():
         labels = probe(notebook, diagnostics, selection)
     return [dataclasses.replace(d, applicability=a, fix_needs=n) for d, (a, n) in zip(diagnostics, labels)]
 
