@@ -46,7 +46,7 @@ def _once_per_facts(compute):
 
 def top_level_code(node: cst.CSTNode):
     """The nodes of a statement that run when it runs (not function or class bodies)."""
-    return walk(node, enter=lambda n: n is node or not isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)))
+    return walk(node, enter=lambda n: n is node or _not_a_definition(n))
 
 
 def trainer_launches(facts: NotebookFacts) -> dict[str, list[int]]:
@@ -207,34 +207,57 @@ def loads(root: cst.CSTNode):
     stack: list[cst.CSTNode] = [root]
     while stack:
         n = stack.pop()
-        if n is not root and isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            continue
-        if isinstance(n, cst.Name):
+        step = _LOAD_STEPS.get(type(n)) or _load_step(type(n))
+        if step == "definition":
+            if n is root:
+                stack.extend(reversed(children(n)))
+        elif step == "name":
             yield n
-        elif isinstance(n, cst.Attribute):
+        elif step == "attribute":
             yield n
             stack.append(n.value)
-        elif isinstance(n, cst.Arg):
+        elif step == "arg":
             stack.append(n.value)
-        elif isinstance(n, cst.For):
+        elif step == "for":
             stack.extend(reversed([x for x in (n.iter, n.body, n.orelse) if x is not None]))
-        elif isinstance(n, cst.AssignTarget) and isinstance(n.target, cst.Attribute):
-            stack.append(n.target.value)  # `x.attr = v` reads x, stores x.attr
-        elif not (isinstance(n, (cst.Import, cst.ImportFrom, cst.AsName))
-                  or (isinstance(n, cst.AssignTarget) and isinstance(n.target, cst.Name))):
+        elif step == "target":
+            target = _LOAD_STEPS.get(type(n.target)) or _load_step(type(n.target))
+            if target == "attribute":
+                stack.append(n.target.value)  # `x.attr = v` reads x, stores x.attr
+            elif target != "name":
+                stack.extend(reversed(children(n)))
+        elif step != "binding":
             stack.extend(reversed(children(n)))
+
+
+_LOAD_STEPS: dict[type, str] = {}  # node type -> what `loads` does with it, decided once per type
+
+
+def _load_step(t: type) -> str:
+    step = "walk"
+    for base, kind in (((cst.FunctionDef, cst.ClassDef, cst.Lambda), "definition"), (cst.Name, "name"),
+                       (cst.Attribute, "attribute"), (cst.Arg, "arg"), (cst.For, "for"), (cst.AssignTarget, "target"),
+                       ((cst.Import, cst.ImportFrom, cst.AsName), "binding")):
+        if issubclass(t, base):
+            step = kind
+            break
+    _LOAD_STEPS[t] = step
+    return step
 
 
 def _changed(node: cst.CSTNode) -> cst.BaseExpression | None:
     """What a node changes in place: `x.append(...)` / `x[k] = v` / `x += v` -> x; `x.attr = v`
-    -> `x.attr`; anything else -> None."""
-    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in MUTATING_METHODS:
-        return node.func.value
-    if isinstance(node, (cst.AssignTarget, cst.AugAssign, cst.AnnAssign)):
+    -> `x.attr`; anything else -> None. (Concrete libcst classes, tested by identity.)"""
+    t = type(node)
+    if t is cst.Call:
+        func = node.func
+        return func.value if type(func) is cst.Attribute and func.attr.value in MUTATING_METHODS else None
+    if t is cst.AssignTarget or t is cst.AugAssign or t is cst.AnnAssign:
         target = node.target
-        if isinstance(target, cst.Subscript):
+        kind = type(target)
+        if kind is cst.Subscript:
             return target.value
-        if isinstance(node, cst.AugAssign) or isinstance(target, cst.Attribute):
+        if t is cst.AugAssign or kind is cst.Attribute:
             return target
     return None
 
@@ -245,18 +268,23 @@ def _locals(function: cst.FunctionDef) -> set[str]:
 
 
 def _body_mutations(function: cst.FunctionDef, owner: str | None, where: str, globals_: set[str], launched: str | None = None) -> list[Mutation]:
-    declared = {n.name.value for g in walk(function.body) if isinstance(g, cst.Global) for n in g.names}
+    declared = {n.name.value for g in walk(function.body) if type(g) is cst.Global for n in g.names}
     local = _locals(function) - declared
     out: list[Mutation] = []
-    for node in walk(function.body, enter=lambda n: not isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda))):
+    for node in walk(function.body, enter=_not_a_definition):
         changed = _changed(node)
-        if isinstance(node, cst.AssignTarget) and isinstance(node.target, cst.Name) and node.target.value in declared:
+        if type(node) is cst.AssignTarget and type(node.target) is cst.Name and node.target.value in declared:
             changed = node.target  # `global best; best = ...`
-        if isinstance(changed, cst.Name) and changed.value in globals_ and changed.value not in local:
+        kind = type(changed)
+        if kind is cst.Name and changed.value in globals_ and changed.value not in local:
             out.append(Mutation(node, changed.value, None, where, launched))
-        elif owner is not None and isinstance(changed, cst.Attribute) and isinstance(changed.value, cst.Name) and changed.value.value == "self":
+        elif owner is not None and kind is cst.Attribute and type(changed.value) is cst.Name and changed.value.value == "self":
             out.append(Mutation(node, changed.attr.value, owner, where, launched))
     return out
+
+
+def _not_a_definition(node: cst.CSTNode) -> bool:
+    return (_LOAD_STEPS.get(type(node)) or _load_step(type(node))) != "definition"
 
 
 def _class_kind(facts: NotebookFacts, node: cst.ClassDef) -> str | None:
