@@ -200,8 +200,8 @@ def _run_passes(notebook: Notebook, unsafe_fixes: bool, devices: int | None, sel
 
 def _check_after(current: Notebook, selection: Selection, step) -> NotebookCheck:
     """The analysis of `current` (its findings are looked for at the end, `find_in`); after a fix
-    `step`, the module the codemod built is analysed
-    instead of parsing the same code again, where the cells join to exactly that code."""
+    `step`, the module the codemod built is analysed instead of parsing the same code again, where
+    the cells join to exactly that code."""
     if step is None:
         check = check_notebook(current, selection, findings=False)
     else:

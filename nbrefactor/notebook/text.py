@@ -266,7 +266,7 @@ def _splice_percent(raw: str, fmt: str, changed: dict[int, str], deleted, config
     if config is not None or fmt.split(":", 1)[0].lstrip(".") != "py" or name not in (None, "percent"):
         return None
     got = fast_text.read(raw, ".py")
-    if got is None or got.format_name != "percent" or any(got.cells[i][0] != "code" for i in changed if i < len(got.cells)):
+    if got is None or got.format_name != "percent" or any(i >= len(got.cells) or got.cells[i][0] != "code" for i in changed):
         return None
     layout = TextLayout(raw.splitlines(keepends=True), got.spans, fast_text.is_percent_marker, lambda line: False,
                         lambda lines: fast_text.read_one_cell(lines, "percent"))
