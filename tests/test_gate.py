@@ -111,6 +111,16 @@ def test_comparison_reports_only_names_the_fix_newly_leaves_unbound():
     assert [u.name for u in new_unbound("x = 1", "x = (")] == ["<syntax>"]
 
 
+def test_cells_are_compiled_one_by_one_as_the_kernel_compiles_them():
+    """Scopes are worked out per cell: `global x` in a later cell than `x = 1` is a SyntaxError for
+    the module as one text, but a kernel compiles each cell alone and runs it; the gate judges it."""
+    cells = "# %% nbrefactor-cell 0\nx = 1\n# %% nbrefactor-cell 1\nglobal x\nx = 2\nprint(y)\n"
+    assert [(u.name, u.line) for u in unbound_reads(cells)] == [("y", 6)]
+    # a function's scope is the same compiled alone or in the module: its free names are global
+    cells = "# %% nbrefactor-cell 0\ndef f():\n    return model\n# %% nbrefactor-cell 1\nf()\nmodel = 1\n"
+    assert [(u.name, u.reader) for u in unbound_reads(cells)] == [("model", "f")]
+
+
 def test_deep_code_does_not_crash_the_gate():
     deep = "x = " + "(" * 300 + "1" + ")" * 300 + "\n"
     assert unbound_reads(deep) in ([], None)
