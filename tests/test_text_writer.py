@@ -181,6 +181,17 @@ def _assert_reads_back(text: str, cells, changed: dict[int, str], deleted: set[i
     assert [(c.cell_type, c.source) for c in back.cells] == want
 
 
+@pytest.mark.parametrize("raw, changed", [
+    ("# %%\r\nimport torch\r\n\r\n# %%\r\nx = torch.ones(2)\r\n", {1: "x = torch.ones(2, device='cpu')\n%time f()"}),
+    ("# %%\nimport torch\n\n# %%\nx = torch.ones(2)", {1: "x = torch.ones(2, device='cpu')"}),  # no final newline
+    ("# %% [markdown]\n# hi\n\n# %%\nx = 1\n\n\n# %%\ny = 2\n", {1: "x = 2\ndef f():\n    pass"}),  # PEP 8 spacing
+    ("# %% tags=['a']\nx = 1\n# %% Title\ny = 2\n", {0: "x = 3", 1: "!ls\ny = 3"}),  # options and titles kept
+])
+def test_line_endings_final_newline_and_spacing_are_the_jupytext_paths(raw, changed):
+    fast, slow = _both(raw, changed, set())
+    assert fast is not None and fast == slow
+
+
 def test_the_public_splice_reads_no_notebook_with_jupytext_when_the_fast_path_takes():
     raw = "# %%\nimport torch\n\n# %%\n# %matplotlib inline\nx = torch.ones(2)\n"
     def must_not_read():
