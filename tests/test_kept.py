@@ -65,3 +65,25 @@ def test_corpus_modules_print_and_analyse_the_same_with_kept_results():
                     [(s.index, s.cell, s.defines, s.uses, len(s.calls)) for s in plain.statements], path
         compared += 1
     assert compared >= 20
+
+
+def test_a_fixers_join_takes_prepared_cells_only_under_the_same_nesting_limit():
+    """The join keeps the cells its last run prepared (the fixer joins again after each fix); a
+    cell kept while no nesting limit applied is still measured when one does."""
+    import dataclasses
+
+    from nbrefactor import limits
+    from nbrefactor.errors import NotebookError
+    from nbrefactor.notebook.model import notebook_from_cells
+
+    deep = "x = " + "[" * 60 + "]" * 60  # 60 nested lists
+    nb = notebook_from_cells([("code", "import lightning as L"), ("code", deep)])
+    before = limits.active()
+    try:
+        limits.configure(dataclasses.replace(before, nesting=0))
+        assert join(nb).module is not None  # no limit: prepared and kept
+        limits.configure(dataclasses.replace(before, nesting=30))
+        with pytest.raises(NotebookError, match="nested too deeply"):
+            join(nb)
+    finally:
+        limits.configure(before)

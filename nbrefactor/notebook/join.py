@@ -223,15 +223,18 @@ def join(notebook: Notebook, *, for_reading: bool = False) -> JoinedNotebook:
 
 # The cells of the last join that was not `for_reading`, as `_prepare_cell` made them (the fixer
 # joins the notebook again after each fix, and a fix changes a few cells): (source, magics before
-# it) -> (body, opaque, parse error, its line, the magics it added). Only that join's cells are kept.
-_last_prepared: dict[tuple[str, int], tuple] = {}
+# it, nesting limit) -> (body, opaque, parse error, its line, the magics it added). Only that
+# join's cells are kept.
+_last_prepared: dict[tuple[str, int, int], tuple] = {}
 
 
 def _prepare_known(source: str, magics: list[str], known: dict, prepared: dict) -> tuple[str, CellInModule]:
     """`_prepare_cell`, taken from `known` where the same cell was prepared after as many magics;
     each result is recorded in `prepared` (the trees are not kept: only a join `for_reading`
     needs them, and it records nothing)."""
-    key = (source, len(magics))
+    from nbrefactor.limits import active
+
+    key = (source, len(magics), active().nesting)  # the nesting limit decides whether a cell is too deep
     hit = known.get(key)
     if hit is not None:
         body, opaque, error, error_line, added = hit
