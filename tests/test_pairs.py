@@ -442,3 +442,22 @@ def test_corpus_percent_notebooks_are_fixed_in_their_own_format(tmp_path):
         cst.parse_module(join(fixed).code)
     print(f"{len(PERCENT_FILES)} py:percent tutorials, {changed} changed by fix")
     assert changed >= 1
+
+
+@pytest.mark.parametrize("data", [
+    b'{"metadata": {"jupytext": {"formats": "ipynb,py:percent"}}}',
+    b'\xff\xfe{"jupytext": 1, "formats": 2}',  # bytes that do not decode, before the words
+    "{\"jupytext\": \"caf\u00e9 formats\"}".encode(),  # multibyte characters beside them
+    b'{"jupyt\xffext": 1, "formats": 2}',  # a word broken by a byte that does not decode
+    b'{"metadata": {}}',
+])
+def test_a_file_may_be_paired_when_its_decoded_text_says_so(tmp_path, data):
+    """`may_be_paired` looks for the words in the bytes; that must be what the decoded text says."""
+    from nbrefactor.notebook.pairs import may_be_paired
+
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(data)
+    text = data.decode("utf-8", errors="replace")
+    assert may_be_paired(path) == may_be_paired(path, text)
+    if "formats" in text and "jupytext" in text:
+        assert may_be_paired(path)

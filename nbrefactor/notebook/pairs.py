@@ -106,10 +106,15 @@ def may_be_paired(path: str | os.PathLike, text: str | None = None) -> bool:
         return False
     if text is None:
         try:
-            text = read_file(p).decode("utf-8", errors="replace")
+            # The words in the bytes, not in a decoded copy: in UTF-8 an ASCII byte is always
+            # that character (never part of another), and a byte that does not decode never
+            # becomes one, so this is `"formats" in text` without decoding every file found.
+            data = read_file(p)
         except NotebookError:
             return False
-    if "formats" in text and "jupytext" in text:
+        if b"formats" in data and b"jupytext" in data:
+            return True
+    elif "formats" in text and "jupytext" in text:
         return True
     return _config_file_near(p.absolute())
 
