@@ -18,7 +18,7 @@ import libcst as cst
 
 from codemods import names as N
 from codemods.facts import NotebookFacts, qualified_name, scan
-from codemods.walk import children, walk
+from codemods.walk import KindOf, children, walk
 
 VERSIONED_LOGGERS = {
     "lightning.pytorch.loggers.CSVLogger",
@@ -207,7 +207,7 @@ def loads(root: cst.CSTNode):
     stack: list[cst.CSTNode] = [root]
     while stack:
         n = stack.pop()
-        step = _LOAD_STEPS.get(type(n)) or _load_step(type(n))
+        step = _LOAD_STEP[type(n)]
         if step == "definition":
             if n is root:
                 stack.extend(reversed(children(n)))
@@ -221,7 +221,7 @@ def loads(root: cst.CSTNode):
         elif step == "for":
             stack.extend(reversed([x for x in (n.iter, n.body, n.orelse) if x is not None]))
         elif step == "target":
-            target = _LOAD_STEPS.get(type(n.target)) or _load_step(type(n.target))
+            target = _LOAD_STEP[type(n.target)]
             if target == "attribute":
                 stack.append(n.target.value)  # `x.attr = v` reads x, stores x.attr
             elif target != "name":
@@ -230,19 +230,11 @@ def loads(root: cst.CSTNode):
             stack.extend(reversed(children(n)))
 
 
-_LOAD_STEPS: dict[type, str] = {}  # node type -> what `loads` does with it, decided once per type
-
-
-def _load_step(t: type) -> str:
-    step = "walk"
-    for base, kind in (((cst.FunctionDef, cst.ClassDef, cst.Lambda), "definition"), (cst.Name, "name"),
-                       (cst.Attribute, "attribute"), (cst.Arg, "arg"), (cst.For, "for"), (cst.AssignTarget, "target"),
-                       ((cst.Import, cst.ImportFrom, cst.AsName), "binding")):
-        if issubclass(t, base):
-            step = kind
-            break
-    _LOAD_STEPS[t] = step
-    return step
+# What `loads` does with a node, by its type.
+_LOAD_STEP = KindOf((
+    ((cst.FunctionDef, cst.ClassDef, cst.Lambda), "definition"), (cst.Name, "name"), (cst.Attribute, "attribute"),
+    (cst.Arg, "arg"), (cst.For, "for"), (cst.AssignTarget, "target"), ((cst.Import, cst.ImportFrom, cst.AsName), "binding"),
+), "walk")
 
 
 def _changed(node: cst.CSTNode) -> cst.BaseExpression | None:
@@ -284,7 +276,7 @@ def _body_mutations(function: cst.FunctionDef, owner: str | None, where: str, gl
 
 
 def _not_a_definition(node: cst.CSTNode) -> bool:
-    return (_LOAD_STEPS.get(type(node)) or _load_step(type(node))) != "definition"
+    return _LOAD_STEP[type(node)] != "definition"
 
 
 def _class_kind(facts: NotebookFacts, node: cst.ClassDef) -> str | None:

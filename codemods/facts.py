@@ -23,7 +23,7 @@ import libcst as cst
 from codemods import names as N
 from codemods.fast_tree import source_of
 from codemods.kept import kept
-from codemods.walk import children, contains, walk
+from codemods.walk import KindOf, children, contains, walk
 from codemods.cells import NUMBERED_MARKER, cell_after
 
 # ---------------------------------------------------------------------------------------------
@@ -309,25 +309,14 @@ _UNLISTED_BINDINGS = tuple(
 )
 
 
-def _scan_kind(t: type) -> str:
-    """What `scan` does with a node of type `t` (decided once per type: libcst's classes are ABCs,
-    and an isinstance per node and question was a fifth of the analysis)."""
-    if t is cst.Name or t is cst.Call or t is cst.If:
-        return t.__name__
-    if t in _UNLISTED_BINDINGS:
-        return "unlisted"
-    for kinds, name in _SCAN_KINDS:
-        if issubclass(t, kinds):
-            return name
-    return ""
-
-
-_SCAN_KINDS = (
+# What `scan` does with a node, by its type (libcst's classes are ABCs, and an isinstance per node
+# and question was a fifth of the analysis).
+_SCAN_KIND = KindOf((
+    (cst.Name, "Name"), (cst.Call, "Call"), (cst.If, "If"), (_UNLISTED_BINDINGS, "unlisted"),
     (cst.FunctionDef, "def"), (cst.Param, "param"), (cst.Lambda, "lambda"), (cst.Attribute, "attribute"),
     (cst.Arg, "arg"), ((cst.Import, cst.ImportFrom), "import"), (cst.ClassDef, "class"),
     ((cst.AssignTarget, cst.AnnAssign, cst.AugAssign, cst.For), "target"), (cst.WithItem, "with"),
-)
-_SCAN_KIND: dict[type, str] = {}
+), "")
 
 
 def scan(node: cst.CSTNode) -> Scan:
@@ -341,10 +330,7 @@ def _scan(node: cst.CSTNode) -> Scan:
     kinds = _SCAN_KIND
     while stack:
         n = stack.pop()
-        t = type(n)
-        kind = kinds.get(t)
-        if kind is None:
-            kind = kinds[t] = _scan_kind(t)
+        kind = kinds[type(n)]
         if kind == "Name":
             out.loads.add(n.value)
             continue
@@ -428,7 +414,7 @@ def _walk_body(body: cst.CSTNode):
 def _walk_body_now(body: cst.CSTNode):
     found: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
     returns: list[cst.Return] = []
-    for n in walk(body, enter=lambda n: n is body or not _is_definition(type(n))):
+    for n in walk(body, enter=lambda n: n is body or not _IS_DEFINITION[type(n)]):
         t = type(n)
         if t is cst.Assign:
             found.extend((t.target, n.value) for t in n.targets)
@@ -441,14 +427,7 @@ def _walk_body_now(body: cst.CSTNode):
     return found, returns
 
 
-_DEFINITIONS: dict[type, bool] = {}
-
-
-def _is_definition(t: type) -> bool:
-    known = _DEFINITIONS.get(t)
-    if known is None:
-        known = _DEFINITIONS[t] = issubclass(t, (cst.FunctionDef, cst.ClassDef))
-    return known
+_IS_DEFINITION = KindOf((((cst.FunctionDef, cst.ClassDef), True),), False)
 
 
 # ---------------------------------------------------------------------------------------------

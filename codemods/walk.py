@@ -20,15 +20,23 @@ _SKIP = (
     cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Dot, cst.AssignEqual, cst.Colon, cst.Semicolon,
 )
 _FIELDS: dict[type, Callable[[cst.CSTNode], tuple]] = {}  # type -> all its fields' values at once
-_WANTED: dict[type, bool] = {}  # libcst classes are ABCs: isinstance is slow, so decide once per type
 
 
-def _wanted(value: object) -> bool:
-    kind = type(value)
-    known = _WANTED.get(kind)
-    if known is None:
-        known = _WANTED[kind] = isinstance(value, cst.CSTNode) and not isinstance(value, _SKIP)
-    return known
+class KindOf(dict):
+    """Node type -> its kind: the kind of the first of `rules` ((classes, kind) pairs) whose
+    classes the type is a subclass of, else `default`; decided on a type's first lookup and kept
+    (libcst's classes are ABCs: an isinstance chain per node is slow). `table[type(node)]`."""
+
+    def __init__(self, rules: tuple, default: object) -> None:
+        super().__init__()
+        self.rules, self.default = rules, default
+
+    def __missing__(self, kind: type) -> object:
+        found = self[kind] = next((k for classes, k in self.rules if issubclass(kind, classes)), self.default)
+        return found
+
+
+_WANTED = KindOf(((_SKIP, False), (cst.CSTNode, True)), False)  # a child the walk yields
 
 
 # Fields whose values are always of the `_SKIP` kinds (libcst's annotations say so): not read at all.
@@ -66,18 +74,9 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
     for value in get(node):
         t = type(value)
         if t is tuple or t is list:
-            for x in value:
-                w = wanted.get(type(x))
-                if w is None:
-                    w = _wanted(x)
-                if w:
-                    out.append(x)
-        else:
-            w = wanted.get(t)
-            if w is None:
-                w = _wanted(value)
-            if w:
-                out.append(value)
+            out.extend(x for x in value if wanted[type(x)])
+        elif wanted[t]:
+            out.append(value)
     return out
 
 
