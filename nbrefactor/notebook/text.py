@@ -225,18 +225,15 @@ def _splice_with_jupytext(node, raw: str, fmt: str, changed: dict[int, str], del
     if len(layout.spans) != len(node.cells):
         raise TextLayoutError(f"found {len(layout.spans)} cells where jupytext reads {len(node.cells)}")
     newline = _newline_of(layout.lines)
-    pieces: list[list[str]] = []  # per cell: its lines up to the last non-blank one
-    blanks: list[list[str]] = []  # per cell: the blank lines after it
     unmarked: dict[int, list[str]] = {}  # changed cells that had no start marker: their text without one
-    for i, (start, end) in enumerate(layout.spans):
-        content, n_blank = _content_and_blanks(layout.lines[start:end])
-        if i in changed:
-            new = _render_cell(node, i, changed[i], fmt, config, newline)
-            if content and not layout.is_marker(content[0]) and new and layout.is_marker(new[0]):
-                unmarked[i] = new[1:]
-            content = _keep_markers(layout, content, new, newline)
-        pieces.append(content)
-        blanks.append(layout.lines[end - n_blank : end])
+
+    def rewrite(i: int, content: list[str]) -> list[str]:
+        new = _render_cell(node, i, changed[i], fmt, config, newline)
+        if content and not layout.is_marker(content[0]) and new and layout.is_marker(new[0]):
+            unmarked[i] = new[1:]
+        return _keep_markers(layout, content, new, newline)
+
+    pieces, blanks = _cell_pieces(layout, changed, rewrite)
     # A cell that started without a marker (the first cell of a script) keeps starting without
     # one, if it reads back that way; otherwise it gets jupytext's marker.
     attempts = [{**{i: pieces[i] for i in range(len(pieces))}, **unmarked}] if unmarked else []
@@ -271,28 +268,38 @@ def _splice_percent(raw: str, fmt: str, changed: dict[int, str], deleted, config
     layout = TextLayout(raw.splitlines(keepends=True), got.spans, fast_text.is_percent_marker, lambda line: False,
                         lambda lines: fast_text.read_one_cell(lines, "percent"))
     newline = _newline_of(layout.lines)
-    pieces, blanks = [], []
-    for i, (start, end) in enumerate(layout.spans):
-        content, n_blank = _content_and_blanks(layout.lines[start:end])
-        if i in changed:
-            body = fast_text.percent_code_lines(changed[i])
-            if not body or not content or not layout.is_marker(content[0]):
-                return None
-            content = _keep_markers(layout, content, ["# %%" + newline, *(ln + newline for ln in body)], newline)
-        pieces.append(content)
-        blanks.append(layout.lines[end - n_blank : end])
+
+    def rewrite(i: int, content: list[str]) -> list[str] | None:
+        body = fast_text.percent_code_lines(changed[i])
+        if not body or not content or not layout.is_marker(content[0]):
+            return None  # jupytext writes this cell
+        return _keep_markers(layout, content, ["# %%" + newline, *(ln + newline for ln in body)], newline)
+
+    pieces, blanks = _cell_pieces(layout, changed, rewrite)
+    if pieces is None:
+        return None
     wanted = [metadata.get("lines_to_next_cell") for _, _, metadata in got.cells]
     text = _assemble(layout, wanted, pieces, blanks, changed, deleted, raw, newline)
     back = fast_text.read(text, ".py")
-    if back is None or back.format_name != "percent":
+    if back is None or back.format_name != "percent" or _misread(back.cells, got.cells, changed, deleted):
         return None
-    expected = [(i, c) for i, c in enumerate(got.cells) if i not in deleted]
-    if len(back.cells) != len(expected):
-        return None
-    for (cell_type, source, metadata), (i, (want_type, want_source, want_metadata)) in zip(back.cells, expected):
-        if cell_type != want_type or source != changed.get(i, want_source) or _comparable(metadata) != _comparable(want_metadata):
-            return None
     return text
+
+
+def _cell_pieces(layout: TextLayout, changed: dict[int, str], rewrite):
+    """(per cell: its lines up to the last non-blank one, per cell: the blank lines after it), with
+    each changed cell's lines from `rewrite(index, lines)`; (None, None) when `rewrite` gives None."""
+    pieces: list[list[str]] = []
+    blanks: list[list[str]] = []
+    for i, (start, end) in enumerate(layout.spans):
+        content, n_blank = _content_and_blanks(layout.lines[start:end])
+        if i in changed:
+            content = rewrite(i, content)
+            if content is None:
+                return None, None
+        pieces.append(content)
+        blanks.append(layout.lines[end - n_blank : end])
+    return pieces, blanks
 
 
 def _assemble(layout, wanted_blanks, pieces, blanks, changed, deleted, raw, newline) -> str:
@@ -374,12 +381,24 @@ def _verify(text, node, fmt, config, changed, deleted) -> None:
         back = jupytext.reads(text, fmt=fmt, config=config)
     except Exception as err:  # noqa: BLE001
         raise TextLayoutError(f"the rewritten text does not read back ({err})") from None
-    expected = [(i, c) for i, c in enumerate(node.cells) if i not in deleted]
-    if len(back.cells) != len(expected):
-        raise TextLayoutError(f"the rewritten text reads back as {len(back.cells)} cells instead of {len(expected)}")
-    for got, (i, want) in zip(back.cells, expected):
-        source = changed.get(i, want.source)
-        if got.cell_type != want.cell_type or got.source != source:
-            raise TextLayoutError(f"cell {i + 1} does not read back as written")
-        if _comparable(got.metadata) != _comparable(want.metadata):
-            raise TextLayoutError(f"the metadata of cell {i + 1} does not read back as it was")
+    wrong = _misread(_cells(back.cells), _cells(node.cells), changed, deleted)
+    if wrong:
+        raise TextLayoutError(wrong)
+
+
+def _cells(cells) -> list[tuple[str, str, dict]]:
+    return [(c.cell_type, c.source, c.metadata) for c in cells]
+
+
+def _misread(back: list[tuple[str, str, dict]], cells: list[tuple[str, str, dict]], changed, deleted) -> str | None:
+    """What is wrong with `back`, the cells (type, source, metadata) read from a splice of a
+    notebook whose cells were `cells`; None when they are those cells, changed and deleted."""
+    expected = [(i, c) for i, c in enumerate(cells) if i not in deleted]
+    if len(back) != len(expected):
+        return f"the rewritten text reads back as {len(back)} cells instead of {len(expected)}"
+    for (cell_type, source, metadata), (i, (want_type, want_source, want_metadata)) in zip(back, expected):
+        if cell_type != want_type or source != changed.get(i, want_source):
+            return f"cell {i + 1} does not read back as written"
+        if _comparable(metadata) != _comparable(want_metadata):
+            return f"the metadata of cell {i + 1} does not read back as it was"
+    return None
