@@ -342,7 +342,7 @@ class Cache:
         from nbrefactor.notebook.pairs import may_be_paired
 
         try:
-            paired = may_be_paired(absolute, data.decode("utf-8", errors="replace"))
+            paired = may_be_paired(absolute, data)
         except Exception as err:  # noqa: BLE001 - an unreadable jupytext configuration: the check says so
             debug(f"{path}: not cached ({type(err).__name__})")
             return None

@@ -119,7 +119,7 @@ def _load(path, stdin_filename: str | None):
         return read_script(path, data), str(path), None, data
     from nbrefactor.notebook.pairs import may_be_paired, read_pair
 
-    if may_be_paired(path, data.decode("utf-8", errors="replace")):
+    if may_be_paired(path, data):
         pair = read_pair(path, data)
         if pair is not None:
             return pair.notebook, str(path), pair, data

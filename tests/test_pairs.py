@@ -458,6 +458,6 @@ def test_a_file_may_be_paired_when_its_decoded_text_says_so(tmp_path, data):
     path = tmp_path / "nb.ipynb"
     path.write_bytes(data)
     text = data.decode("utf-8", errors="replace")
-    assert may_be_paired(path) == may_be_paired(path, text)
+    assert may_be_paired(path) == may_be_paired(path, data) == may_be_paired(path, text)
     if "formats" in text and "jupytext" in text:
         assert may_be_paired(path)

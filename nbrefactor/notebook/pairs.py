@@ -99,22 +99,23 @@ def _config_file_in_or_above(directory: str) -> bool:
     return find_config(directory) is not None
 
 
-def may_be_paired(path: str | os.PathLike, text: str | None = None) -> bool:
-    """False when the file cannot be part of a pair (no pairing metadata, no jupytext config)."""
+def may_be_paired(path: str | os.PathLike, content: bytes | str | None = None) -> bool:
+    """False when the file cannot be part of a pair (no pairing metadata, no jupytext config).
+    `content`: the file's bytes or text, when the caller has them already.
+
+    The words are looked for in the bytes as they are: in UTF-8 an ASCII byte is always that
+    character (never part of another), and a byte that does not decode never becomes one, so
+    this is what the decoded text says, without decoding every file found."""
     p = Path(path)
     if str(path) == "-":
         return False
-    if text is None:
+    if content is None:
         try:
-            # The words in the bytes, not in a decoded copy: in UTF-8 an ASCII byte is always
-            # that character (never part of another), and a byte that does not decode never
-            # becomes one, so this is `"formats" in text` without decoding every file found.
-            data = read_file(p)
+            content = read_file(p)
         except NotebookError:
             return False
-        if b"formats" in data and b"jupytext" in data:
-            return True
-    elif "formats" in text and "jupytext" in text:
+    words = (b"formats", b"jupytext") if isinstance(content, bytes) else ("formats", "jupytext")
+    if all(w in content for w in words):
         return True
     return _config_file_near(p.absolute())
 
