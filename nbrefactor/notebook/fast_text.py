@@ -247,11 +247,27 @@ def _unesc(line: str) -> str:
 
 
 def _uncomment_magic(source: list[str], explicitly_code: bool) -> list[str]:
+    return _each_magic(source, explicitly_code, lambda line, _continued: _unesc(line))
+
+
+def _comment_magic(source: list[str]) -> list[str]:
+    """jupytext.magics.comment_magic for Python code written explicitly as code (the inverse of
+    `_uncomment_magic`): a magic's continuation line is commented where it starts."""
+    def comment(line: str, continued: bool) -> str:
+        unindented = line if continued else line.lstrip()
+        return line[: len(line) - len(unindented)] + "# " + unindented
+
+    return _each_magic(source, True, comment)
+
+
+def _each_magic(source: list[str], explicitly_code: bool, edit) -> list[str]:
+    """`source` with each magic line (outside strings), and each line continuing one, replaced by
+    `edit(line, is_a_continuation)`: jupytext's loop for commenting and uncommenting magics."""
     parser = _StringParser()
     next_is_magic = False
     for pos, line in enumerate(source):
         if not parser.is_quoted() and (next_is_magic or _is_magic(line, explicitly_code)):
-            source[pos] = _unesc(line)
+            source[pos] = edit(line, next_is_magic)
             next_is_magic = bool(_LINE_CONTINUATION_RE.match(line))
         parser.read_line(line)
     return source
@@ -1022,14 +1038,7 @@ def percent_code_lines(source: str) -> list[str] | None:
     lines = [""] if source == "" else source.splitlines() + ([""] if source.endswith("\n") else [])
     if lines[0].startswith("%%"):
         return None
-    parser = _StringParser()
-    next_is_magic = False
-    for pos, line in enumerate(lines):  # jupytext.magics.comment_magic, explicitly code
-        if not parser.is_quoted() and (next_is_magic or _is_magic(line, True)):
-            unindented = line if next_is_magic else line.lstrip()
-            lines[pos] = line[: len(line) - len(unindented)] + "# " + unindented
-            next_is_magic = bool(_LINE_CONTINUATION_RE.match(line))
-        parser.read_line(line)
+    _comment_magic(lines)
     while lines and _blank(lines[-1]):
         lines.pop()
     return lines
